@@ -1,0 +1,59 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nixos-anywhere-rs",
+    version,
+    about = "Install NixOS anywhere over SSH, natively"
+)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with Nix ARchives (NAR).
+    #[command(subcommand)]
+    Nar(NarCommand),
+    /// Copy store closures to a store root, like `nix copy`.
+    Copy(CopyArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NarCommand {
+    /// Write the NAR of PATH to standard output (byte-identical to `nix-store --dump`).
+    Dump { path: PathBuf },
+    /// Unpack a NAR from standard input to DEST, which must not exist (nor will it on failure).
+    Restore { dest: PathBuf },
+    /// Print the NAR hash of PATH as `nix hash path` does (SRI).
+    Hash {
+        /// Print it as `nix-hash --type sha256 --base32` does instead.
+        #[arg(long)]
+        base32: bool,
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Where to copy: `local` (a store root on this machine, see --root).
+    #[arg(long, value_name = "local")]
+    pub to: String,
+    /// The store root on the destination: a directory holding nix/store and nix/var/nix/db.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// Print a JSON summary on standard output instead of a sentence on standard error.
+    #[arg(long)]
+    pub json: bool,
+    /// Store paths (or links to them, such as ./result) whose closures are copied.
+    #[arg(required = true, value_name = "STORE-PATH")]
+    pub paths: Vec<PathBuf>,
+}

@@ -1,0 +1,190 @@
+//! The one way this tool runs external programs, so that logging, redaction and error text are
+//! the same for `nix`, `mkfs.*`, `cryptsetup` and `switch-to-configuration` alike.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io::Write;
+use std::process::{Command, ExitStatus, Stdio};
+
+/// A command line, kept as argv so that it can be quoted in errors and logs.
+pub struct Cmd {
+    argv: Vec<OsString>,
+    /// Indices into `argv` whose value must never be shown (passwords, keys).
+    secret: Vec<usize>,
+    stdin: Option<Vec<u8>>,
+    envs: Vec<(OsString, OsString)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CmdError {
+    #[error("could not start `{argv}`: {source}; is it installed and on PATH?")]
+    Spawn {
+        argv: String,
+        source: std::io::Error,
+    },
+    #[error("`{argv}` failed ({status}){}", stderr_tail(.stderr))]
+    Failed {
+        argv: String,
+        status: ExitStatus,
+        stderr: String,
+    },
+}
+
+impl Cmd {
+    pub fn new(program: impl AsRef<OsStr>) -> Self {
+        Self {
+            argv: vec![program.as_ref().to_owned()],
+            secret: Vec::new(),
+            stdin: None,
+            envs: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.argv.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Self {
+        self.argv
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// An argument that is shown as `<redacted>` in every log line and error.
+    pub fn secret_arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.secret.push(self.argv.len());
+        self.arg(arg)
+    }
+
+    /// Bytes written to the command's standard input (the way to hand it a secret).
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.envs
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Runs the command to completion and returns its standard output.
+    pub fn output(&self) -> Result<Vec<u8>, CmdError> {
+        tracing::debug!(command = %self, "running");
+        let mut command = Command::new(&self.argv[0]);
+        command
+            .args(&self.argv[1..])
+            .envs(self.envs.iter().map(|(k, v)| (k, v)));
+        command.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let spawn_err = |source| CmdError::Spawn {
+            argv: self.to_string(),
+            source,
+        };
+        let mut child = command.spawn().map_err(spawn_err)?;
+        if let Some(bytes) = &self.stdin {
+            let mut pipe = child.stdin.take().expect("stdin was piped");
+            // A command that exits without reading its input reports its own error below.
+            let _ = pipe.write_all(bytes);
+        }
+        let out = child.wait_with_output().map_err(spawn_err)?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            return Err(CmdError::Failed {
+                argv: self.to_string(),
+                status: out.status,
+                stderr,
+            });
+        }
+        Ok(out.stdout)
+    }
+
+    /// Runs the command to completion, discarding its output.
+    pub fn run(&self) -> Result<(), CmdError> {
+        self.output().map(drop)
+    }
+}
+
+impl fmt::Display for Cmd {
+    /// The command line as a shell would take it, secrets redacted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, arg) in self.argv.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            let text = arg.to_string_lossy();
+            if self.secret.contains(&i) {
+                f.write_str("<redacted>")?;
+            } else if !text.is_empty()
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:+,@%".contains(&b))
+            {
+                f.write_str(&text)?;
+            } else {
+                write!(f, "'{}'", text.replace('\'', r"'\''"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The last lines of a failed command's standard error, for the error message.
+fn stderr_tail(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.trim_end().lines().collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let tail = &lines[lines.len().saturating_sub(20)..];
+    format!(":\n  {}", tail.join("\n  "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_and_redacts() {
+        let cmd = Cmd::new("cryptsetup")
+            .arg("luksFormat")
+            .secret_arg("hunter2")
+            .arg("a b")
+            .arg("");
+        assert_eq!(cmd.to_string(), "cryptsetup luksFormat <redacted> 'a b' ''");
+    }
+
+    #[test]
+    fn failure_quotes_argv_status_and_stderr_but_no_secret() {
+        let err = Cmd::new("sh")
+            .arg("-c")
+            .arg("echo oops >&2; exit 3")
+            .secret_arg("s3cret")
+            .run()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("sh -c 'echo oops >&2; exit 3' <redacted>"),
+            "{text}"
+        );
+        assert!(
+            text.contains("exit status: 3") && text.contains("oops"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"));
+    }
+
+    #[test]
+    fn passes_stdin_and_returns_stdout() {
+        let out = Cmd::new("cat").stdin("hello").output().unwrap();
+        assert_eq!(out, b"hello");
+        assert!(matches!(
+            Cmd::new("/nonexistent/prog").run(),
+            Err(CmdError::Spawn { .. })
+        ));
+    }
+}

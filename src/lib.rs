@@ -1,0 +1,11 @@
+//! nixos-anywhere-rs: install NixOS on a remote machine over SSH, natively.
+//!
+//! The library holds every capability; `main.rs` only parses the command line and dispatches.
+
+pub mod cli;
+pub mod command;
+pub mod copy;
+pub mod nar;
+pub mod pipe;
+pub mod progress;
+pub mod store;

@@ -1,0 +1,102 @@
+use std::io::{self, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use nixos_anywhere_rs::cli::{Cli, Command, CopyArgs, NarCommand};
+use nixos_anywhere_rs::copy;
+use nixos_anywhere_rs::nar::{self, Canonical, NarReader};
+use nixos_anywhere_rs::store::{self, StorePath};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Nar(NarCommand::Dump { path }) => {
+            let mut out = BufWriter::with_capacity(1 << 20, io::stdout().lock());
+            nar::dump(&path, &mut out)?;
+            out.flush()?;
+        }
+        Command::Nar(NarCommand::Restore { dest }) => {
+            let mut reader = NarReader::new(BufReader::with_capacity(1 << 20, io::stdin().lock()));
+            nar::restore(&mut reader, &dest, Canonical::No)?;
+            if let Err(e) = reader.finish_at_eof() {
+                // Best effort: the archive's own error is what the user needs to see.
+                let _ = std::fs::remove_dir_all(&dest).or_else(|_| std::fs::remove_file(&dest));
+                return Err(e.into());
+            }
+        }
+        Command::Nar(NarCommand::Hash { base32, path }) => {
+            let (hash, _) = nar::dump_hash(&path)?;
+            println!(
+                "{}",
+                if base32 {
+                    hash.to_nix32()
+                } else {
+                    hash.to_sri()
+                }
+            );
+        }
+        Command::Copy(args) => copy_command(args)?,
+    }
+    Ok(())
+}
+
+fn copy_command(args: CopyArgs) -> Result<()> {
+    let paths = args
+        .paths
+        .iter()
+        .map(|p| resolve_store_path(p))
+        .collect::<Result<Vec<_>>>()?;
+    let closure = store::query_closure(&paths)?;
+    let summary = match args.to.as_str() {
+        "local" => copy::copy_to_local(closure, &args.root)?,
+        other => bail!("unsupported destination {other:?}: use `--to local`"),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        eprintln!("{summary}");
+    }
+    Ok(())
+}
+
+/// Accepts a store path, a path below one, or a link to one (`./result`).
+fn resolve_store_path(arg: &Path) -> Result<StorePath> {
+    let text = arg.to_string_lossy();
+    if let Ok(path) = StorePath::parse(&text) {
+        return Ok(path);
+    }
+    let real = std::fs::canonicalize(arg).with_context(|| format!("{}", arg.display()))?;
+    let real = real.to_string_lossy();
+    let base = real
+        .strip_prefix(store::STORE_DIR)
+        .and_then(|r| r.strip_prefix('/'))
+        .and_then(|r| r.split('/').next())
+        .with_context(|| format!("{} is not in {}", arg.display(), store::STORE_DIR))?;
+    Ok(StorePath::from_base_name(base)?)
+}

@@ -1,0 +1,107 @@
+//! A bounded, in-process byte pipe between two threads: the writer's chunks wait in a queue of
+//! fixed depth, so a fast producer blocks instead of filling memory.
+
+use std::io::{self, Read, Write};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+/// Bytes per chunk handed across.
+const CHUNK: usize = 256 * 1024;
+
+/// A pipe holding at most `depth` chunks (of 256 KiB) in flight.
+pub fn pipe(depth: usize) -> (PipeWriter, PipeReader) {
+    let (tx, rx) = sync_channel(depth);
+    (
+        PipeWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        },
+        PipeReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        },
+    )
+}
+
+pub struct PipeWriter {
+    tx: SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+pub struct PipeReader {
+    rx: Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl PipeWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .send(full)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "reader gone"))
+    }
+}
+
+impl Write for PipeWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+impl Drop for PipeWriter {
+    fn drop(&mut self) {
+        let _ = self.send();
+    }
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(chunk) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.chunk.len() - self.pos);
+        out[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carries_bytes_in_order_and_ends() {
+        let (mut w, mut r) = pipe(2);
+        let data: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = std::thread::spawn(move || {
+            for piece in sent.chunks(1000) {
+                w.write_all(piece).unwrap();
+            }
+        });
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        writer.join().unwrap();
+        assert_eq!(got, data);
+    }
+}
