@@ -25,6 +25,9 @@ pub enum Command {
     Nar(NarCommand),
     /// Copy store closures to a store root, like `nix copy`.
     Copy(CopyArgs),
+    /// Serve the tool on stdin/stdout (run by the tool on the target, over SSH).
+    #[command(hide = true)]
+    Agent,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,10 +2,14 @@
 //!
 //! The library holds every capability; `main.rs` only parses the command line and dispatches.
 
+pub mod agent;
 pub mod cli;
+pub mod client;
 pub mod command;
 pub mod copy;
 pub mod nar;
 pub mod pipe;
 pub mod progress;
 pub mod store;
+pub mod stream;
+pub mod wire;

@@ -1,4 +1,5 @@
 use std::io::{self, BufReader, BufWriter, Write};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -62,6 +63,12 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Copy(args) => copy_command(args)?,
+        Command::Agent => {
+            // The raw descriptors: the agent buffers by itself, and reads on its own thread.
+            let stdin = std::fs::File::from(io::stdin().as_fd().try_clone_to_owned()?);
+            let stdout = std::fs::File::from(io::stdout().as_fd().try_clone_to_owned()?);
+            nixos_anywhere_rs::agent::serve(stdin, BufWriter::new(stdout))?;
+        }
     }
     Ok(())
 }

@@ -46,6 +46,19 @@ impl PipeWriter {
     }
 }
 
+impl PipeWriter {
+    /// Hands over a whole buffer without copying it (after anything written before it).
+    pub fn send_chunk(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+        self.send()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "reader gone"))
+    }
+}
+
 impl Write for PipeWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = data.len().min(CHUNK - self.buf.len());

@@ -53,6 +53,13 @@ impl Progress {
         self.update();
     }
 
+    /// `paths` more paths are complete; `nar_bytes` NAR bytes are complete in all.
+    pub fn advance(&mut self, paths: u64, nar_bytes: u64) {
+        self.paths += paths;
+        self.bytes = nar_bytes;
+        self.update();
+    }
+
     /// Bytes that have crossed the wire so far, for the compression ratio.
     pub fn wire_bytes(&mut self, wire_bytes: u64) {
         self.wire_bytes = wire_bytes;

@@ -1,0 +1,346 @@
+//! The streamer end to end against a real agent process (the binary, as SSH would run it),
+//! with Nix 2.8 checking the store it writes.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use std::process::{Command, Stdio};
+use tokio::io::AsyncWrite;
+
+use nixos_anywhere_rs::client::{AgentClient, ClientError};
+use nixos_anywhere_rs::progress::Progress;
+use nixos_anywhere_rs::store::{PathInfo, StorePath, query_closure};
+use nixos_anywhere_rs::stream::Compression;
+use nixos_anywhere_rs::wire::{self, Reply, Request};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nixos-anywhere-rs");
+
+fn small_closure() -> Vec<PathInfo> {
+    let out = Command::new("fixtures/closure")
+        .arg("small")
+        .output()
+        .expect("fixtures/closure");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let top = StorePath::parse(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    query_closure(&[top]).unwrap()
+}
+
+fn spawn_agent() -> tokio::process::Child {
+    tokio::process::Command::new(BIN)
+        .arg("agent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn transfer(
+    root: &Path,
+    closure: &[PathInfo],
+    compression: Compression,
+) -> Result<u64, ClientError> {
+    let mut agent = spawn_agent();
+    let (out, inp) = (agent.stdout.take().unwrap(), agent.stdin.take().unwrap());
+    let mut client = AgentClient::connect(out, inp).await?;
+    client.open_store(root).await?;
+    let paths: Vec<StorePath> = closure.iter().map(|i| i.path.clone()).collect();
+    let valid = client.query_valid(&paths).await?;
+    let missing: Vec<PathInfo> = closure
+        .iter()
+        .filter(|i| !valid.contains(&i.path))
+        .cloned()
+        .collect();
+    let mut progress = Progress::new(missing.len() as u64, 0);
+    let transfer = client.receive(&missing, compression, &mut progress).await?;
+    client.bye().await?;
+    assert!(agent.wait().await.unwrap().success());
+    Ok(transfer.paths)
+}
+
+fn nix_verify(root: &Path) {
+    let out = Command::new("nix-store")
+        .args([
+            "--option",
+            "build-users-group",
+            "",
+            "--verify",
+            "--check-contents",
+            "--store",
+        ])
+        .arg(root)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "nix-store --verify failed: {stderr}");
+    assert!(
+        !stderr.contains("error") && !stderr.contains("modified"),
+        "{stderr}"
+    );
+}
+
+/// Path infos Nix reads back from the store root, for comparison with the source's.
+fn path_infos_in(root: &Path, top: &StorePath) -> Vec<PathInfo> {
+    let out = Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "path-info",
+            "--json",
+            "-r",
+            "--store",
+        ])
+        .arg(root)
+        .arg(top.to_absolute())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut infos: Vec<PathInfo> = serde_json::from_slice(&out.stdout).unwrap();
+    infos.sort_by(|a, b| a.path.cmp(&b.path));
+    infos
+}
+
+fn temp_root() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    (dir, root)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_a_closure_that_nix_accepts_and_skips_it_the_second_time() {
+    let closure = small_closure();
+    for compression in [Compression::Auto, Compression::None, Compression::Level(3)] {
+        let (_dir, root) = temp_root();
+        assert_eq!(
+            transfer(&root, &closure, compression).await.unwrap(),
+            closure.len() as u64
+        );
+        nix_verify(&root);
+        let top = &closure.last().unwrap().path;
+        let mut expected: Vec<PathInfo> = closure
+            .iter()
+            .map(|i| PathInfo {
+                signatures: Vec::new(),
+                ca: None,
+                deriver: None,
+                ..i.clone()
+            })
+            .collect();
+        expected.sort_by(|a, b| a.path.cmp(&b.path));
+        let got: Vec<PathInfo> = path_infos_in(&root, top)
+            .into_iter()
+            .map(|i| PathInfo {
+                signatures: Vec::new(),
+                ca: None,
+                deriver: None,
+                ..i
+            })
+            .collect();
+        assert_eq!(got, expected, "{compression:?}");
+        assert_eq!(transfer(&root, &closure, compression).await.unwrap(), 0);
+    }
+}
+
+/// A hostile or broken tool: the NAR bytes of a path do not match its declared hash.
+#[test]
+fn rejects_a_path_whose_bytes_do_not_match_and_registers_none_of_it() {
+    let closure = small_closure();
+    let (_dir, root) = temp_root();
+    let victim = closure
+        .iter()
+        .find(|i| i.references.iter().all(|r| *r == i.path))
+        .unwrap();
+    let mut nar = Vec::new();
+    nixos_anywhere_rs::nar::dump(Path::new(&victim.path.to_absolute()), &mut nar).unwrap();
+    let last = nar.len() - 20;
+    nar[last] ^= 0x55; // somewhere in the last file's contents or padding
+
+    let mut stream = Vec::new();
+    for request in [
+        Request::Hello {
+            protocol: wire::PROTOCOL_VERSION,
+            version: "test".into(),
+        },
+        Request::OpenStore { root: root.clone() },
+        Request::Receive {
+            paths: vec![victim.clone()],
+        },
+    ] {
+        stream.extend(wire::message_frame(&request));
+    }
+    stream.extend(wire::header(wire::RAW_BLOCK, nar.len()));
+    stream.extend(&nar);
+    let mut agent = Command::new(BIN)
+        .arg("agent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    agent.stdin.take().unwrap().write_all(&stream).unwrap();
+    let out = agent.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let mut replies = out.stdout.as_slice();
+    let mut last_reply = None;
+    while let Some(wire::Frame::Message(m)) = wire::read_frame(&mut replies, "agent").unwrap() {
+        last_reply = Some(wire::decode::<Reply>(&m, "agent").unwrap());
+    }
+    let Some(Reply::Error { message }) = last_reply else {
+        panic!("no error reply: {last_reply:?}")
+    };
+    assert!(message.contains(&victim.path.to_absolute()), "{message}");
+    // Nothing of it is in the store or its database.
+    let store: Vec<_> = std::fs::read_dir(root.join("nix/store")).unwrap().collect();
+    assert!(store.is_empty(), "{store:?}");
+    let db = rusqlite::Connection::open(root.join("nix/var/nix/db/db.sqlite")).unwrap();
+    let n: i64 = db
+        .query_row("select count(*) from ValidPaths", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+fn registered(root: &Path) -> u64 {
+    let db = rusqlite::Connection::open(root.join("nix/var/nix/db/db.sqlite")).unwrap();
+    db.query_row("select count(*) from ValidPaths", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .unwrap() as u64
+}
+
+/// After an interruption: Nix accepts the store, a rerun sends exactly the paths that were not
+/// registered, and a third run sends nothing.
+async fn check_resumes(root: &Path, closure: &[PathInfo]) {
+    nix_verify(root);
+    let before = registered(root);
+    let sent = transfer(root, closure, Compression::Auto).await.unwrap();
+    assert_eq!(
+        sent,
+        closure.len() as u64 - before,
+        "{before} were registered"
+    );
+    nix_verify(root);
+    assert_eq!(transfer(root, closure, Compression::Auto).await.unwrap(), 0);
+}
+
+/// Passes `limit` bytes to the agent, then fails as a dropped connection does.
+struct CutWriter<W> {
+    inner: Option<W>,
+    left: usize,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for CutWriter<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.left == 0 {
+            self.inner = None; // the agent sees its stdin close
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        let n = buf.len().min(self.left);
+        let inner = self.inner.as_mut().expect("open until cut");
+        let written = std::task::ready!(Pin::new(inner).poll_write(cx, &buf[..n]))?;
+        self.left -= written;
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_flush(cx),
+            None => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// The connection drops at several points of a transfer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_leaves_a_consistent_store_and_a_rerun_sends_only_the_rest() {
+    let closure = small_closure();
+    let total_nar: u64 = closure.iter().map(|i| i.nar_size).sum();
+    // Raw blocks make the cut points predictable fractions of the NAR stream.
+    for fraction in [0.05, 0.5, 0.95] {
+        let (_dir, root) = temp_root();
+        let mut agent = spawn_agent();
+        let (out, inp) = (agent.stdout.take().unwrap(), agent.stdin.take().unwrap());
+        let cut = CutWriter {
+            inner: Some(inp),
+            left: 4096 + (total_nar as f64 * fraction) as usize,
+        };
+        let mut client = AgentClient::connect(out, cut).await.unwrap();
+        client.open_store(&root).await.unwrap();
+        let mut progress = Progress::new(closure.len() as u64, 0);
+        let result = client
+            .receive(&closure, Compression::None, &mut progress)
+            .await;
+        assert!(result.is_err(), "the transfer survived a cut at {fraction}");
+        drop(client);
+        assert!(!agent.wait().await.unwrap().success());
+        // The agent registered what arrived whole before it exited.
+        assert!(
+            registered(&root) > 0 || fraction < 0.1,
+            "nothing registered at {fraction}"
+        );
+        check_resumes(&root, &closure).await;
+    }
+}
+
+/// The agent is killed outright at several points: what it had not committed is unregistered
+/// and is sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_leaves_a_consistent_store_and_a_rerun_completes() {
+    let closure = small_closure();
+    let total = closure.len() as u64;
+    for kill_after_paths in [1, total / 2, total - 2] {
+        let (_dir, root) = temp_root();
+        let mut agent = spawn_agent();
+        let pid = agent.id().unwrap();
+        let (out, inp) = (agent.stdout.take().unwrap(), agent.stdin.take().unwrap());
+        let mut client = AgentClient::connect(out, inp).await.unwrap();
+        client.open_store(&root).await.unwrap();
+        // Watch the store directory and kill the agent once enough paths are in place.
+        let watched = root.join("nix/store");
+        let killer = std::thread::spawn(move || {
+            loop {
+                let placed = std::fs::read_dir(&watched).map_or(0, |d| {
+                    d.filter_map(Result::ok)
+                        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                        .count()
+                });
+                if placed as u64 >= kill_after_paths {
+                    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        });
+        let mut progress = Progress::new(total, 0);
+        let result = client
+            .receive(&closure, Compression::Level(1), &mut progress)
+            .await;
+        killer.join().unwrap();
+        let _ = agent.wait().await;
+        assert!(
+            result.is_err(),
+            "the agent finished before it was killed after {kill_after_paths} paths"
+        );
+        check_resumes(&root, &closure).await;
+    }
+}
