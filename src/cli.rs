@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::stream::Compression;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "nixos-anywhere-rs",
@@ -47,8 +49,8 @@ pub enum NarCommand {
 
 #[derive(Debug, Args)]
 pub struct CopyArgs {
-    /// Where to copy: `local` (a store root on this machine, see --root).
-    #[arg(long, value_name = "local")]
+    /// Where to copy: `ssh://[user@]host[:port]`, or `local` for a store root on this machine.
+    #[arg(long, value_name = "ssh://[USER@]HOST[:PORT]|local")]
     pub to: String,
     /// The store root on the destination: a directory holding nix/store and nix/var/nix/db.
     #[arg(long, value_name = "DIR", default_value = "/")]
@@ -56,7 +58,29 @@ pub struct CopyArgs {
     /// Print a JSON summary on standard output instead of a sentence on standard error.
     #[arg(long)]
     pub json: bool,
+    /// zstd level for the stream: `auto` follows the bottleneck (link or CPU), `none` sends
+    /// NARs uncompressed, or a level from 1 to 19.
+    #[arg(long, value_name = "auto|none|LEVEL", default_value = "auto")]
+    pub compress: Compression,
+    #[command(flatten)]
+    pub ssh: SshArgs,
     /// Store paths (or links to them, such as ./result) whose closures are copied.
     #[arg(required = true, value_name = "STORE-PATH")]
     pub paths: Vec<PathBuf>,
+}
+
+/// How to reach the target over SSH, as nixos-anywhere takes it.
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// Private key file to authenticate with (repeatable); also SSH_PRIVATE_KEY (key text) and
+    /// a running ssh-agent.
+    #[arg(short = 'i', value_name = "KEY")]
+    pub identity: Vec<PathBuf>,
+    /// SSH port, when the destination names none.
+    #[arg(short = 'p', long = "ssh-port", value_name = "PORT")]
+    pub port: Option<u16>,
+    /// An ssh option as Key=Value (repeatable): Port, User, IdentityFile,
+    /// StrictHostKeyChecking, UserKnownHostsFile, ConnectTimeout, ...
+    #[arg(long = "ssh-option", short = 'o', value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
 }

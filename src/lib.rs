@@ -10,6 +10,8 @@ pub mod copy;
 pub mod nar;
 pub mod pipe;
 pub mod progress;
+pub mod remote;
+pub mod ssh;
 pub mod store;
 pub mod stream;
 pub mod wire;

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use nixos_anywhere_rs::cli::{Cli, Command, CopyArgs, NarCommand};
+use nixos_anywhere_rs::cli::{Cli, Command, CopyArgs, NarCommand, SshArgs};
 use nixos_anywhere_rs::copy;
 use nixos_anywhere_rs::nar::{self, Canonical, NarReader};
+use nixos_anywhere_rs::ssh::{SshOptions, Target};
 use nixos_anywhere_rs::store::{self, StorePath};
 
 fn main() -> ExitCode {
@@ -82,7 +83,21 @@ fn copy_command(args: CopyArgs) -> Result<()> {
     let closure = store::query_closure(&paths)?;
     let summary = match args.to.as_str() {
         "local" => copy::copy_to_local(closure, &args.root)?,
-        other => bail!("unsupported destination {other:?}: use `--to local`"),
+        dest if dest.starts_with("ssh://") => {
+            let opts = ssh_options(&args.ssh)?;
+            let target = Target::parse_with(dest, &opts)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(copy::copy_over_ssh(
+                closure,
+                &target,
+                &opts,
+                &args.root,
+                args.compress,
+            ))?
+        }
+        other => bail!(
+            "unsupported destination {other:?}: use `--to ssh://[user@]host[:port]` or `--to local`"
+        ),
     };
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -90,6 +105,19 @@ fn copy_command(args: CopyArgs) -> Result<()> {
         eprintln!("{summary}");
     }
     Ok(())
+}
+
+/// SSH options as `ssh` would take them from the environment, then the command line.
+fn ssh_options(args: &SshArgs) -> Result<SshOptions> {
+    let mut opts = SshOptions::from_env();
+    opts.identity_files.extend(args.identity.iter().cloned());
+    if args.port.is_some() {
+        opts.port = args.port;
+    }
+    for option in &args.options {
+        opts.set_option(option)?;
+    }
+    Ok(opts)
 }
 
 /// Accepts a store path, a path below one, or a link to one (`./result`).

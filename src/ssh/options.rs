@@ -1,0 +1,387 @@
+//! Where to connect and how: the destination (`[user@]host[:port]`) and the subset of OpenSSH's
+//! client options that matter here, settable with `-o Key=Value` as with `ssh`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::SshError;
+
+/// Default port and user, as nixos-anywhere connects as root unless told otherwise.
+pub const DEFAULT_PORT: u16 = 22;
+pub const DEFAULT_USER: &str = "root";
+
+/// A parsed SSH destination. `host` is a name or an IP address without brackets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    /// Parses `[user@]host[:port]`, `ssh://[user@]host[:port]`, `[user@][IPv6]:port` or a bare
+    /// IPv6 address; the user defaults to root and the port to 22.
+    pub fn parse(input: &str) -> Result<Target, SshError> {
+        Self::parse_with(input, &SshOptions::default())
+    }
+
+    /// Like [`Target::parse`], but a user or port missing from `input` comes from `opts`
+    /// (`-p`, `-o Port=`, `-o User=`) before the defaults. One given in `input` wins.
+    pub fn parse_with(input: &str, opts: &SshOptions) -> Result<Target, SshError> {
+        let bad = |reason: &str| SshError::InvalidTarget {
+            input: input.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let rest = input.strip_prefix("ssh://").unwrap_or(input);
+        let rest = if input.starts_with("ssh://") {
+            rest.strip_suffix('/').unwrap_or(rest)
+        } else {
+            rest
+        };
+        // Like nixos-anywhere: the user is everything up to the last '@'.
+        let (user, hostport) = match rest.rsplit_once('@') {
+            Some((user, _)) if user.is_empty() => return Err(bad("the user name is empty")),
+            Some((user, hostport)) => (Some(user), hostport),
+            None => (None, rest),
+        };
+        let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| bad("missing ']' after the IPv6 address"))?;
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| bad("unexpected text after ']'"))?,
+                ),
+            };
+            (host, port)
+        } else if hostport.matches(':').count() > 1 {
+            // A bare IPv6 address: no port can be given without brackets.
+            (hostport, None)
+        } else {
+            match hostport.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("the host is empty"));
+        }
+        if host.contains(['/', ' ', '@', '[', ']']) || host.starts_with('-') {
+            return Err(bad("the host contains characters a host name cannot"));
+        }
+        let port = match port {
+            Some(p) => parse_port(p).map_err(|r| bad(&r))?,
+            None => opts.port.unwrap_or(DEFAULT_PORT),
+        };
+        let user = match user {
+            Some(u) => u.to_owned(),
+            None => opts.user.clone().unwrap_or_else(|| DEFAULT_USER.to_owned()),
+        };
+        Ok(Target {
+            user,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for Target {
+    /// `user@host:port`, with brackets around an IPv6 address.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "{}@[{}]:{}", self.user, self.host, self.port)
+        } else {
+            write!(f, "{}@{}:{}", self.user, self.host, self.port)
+        }
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("{text:?} is not a port number (1-65535)")),
+        Ok(p) => Ok(p),
+    }
+}
+
+/// How to treat a host key that no known_hosts file vouches for (OpenSSH's
+/// `StrictHostKeyChecking`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrictHostKeyChecking {
+    /// Accept any key the first time (it is then pinned for the run); a known_hosts entry that
+    /// disagrees is only warned about. nixos-anywhere's behaviour, and the default.
+    No,
+    /// Accept a host missing from known_hosts, refuse one whose recorded key differs.
+    AcceptNew,
+    /// Refuse any host whose key is not recorded in known_hosts (`ask` means this too, as
+    /// there is nobody to ask).
+    Yes,
+}
+
+/// Private key text given in the environment (`SSH_PRIVATE_KEY`). Never printed.
+#[derive(Clone)]
+pub struct KeyText(pub(crate) String);
+
+impl KeyText {
+    pub fn new(text: String) -> Self {
+        Self(text)
+    }
+}
+
+impl fmt::Debug for KeyText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyText(<redacted>)")
+    }
+}
+
+/// Client options. [`SshOptions::default`] reads nothing from the environment (tests rely on
+/// that); [`SshOptions::from_env`] does what a user expects from `ssh`.
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    /// Private key files (`-i`, `IdentityFile`), tried first, in order.
+    pub identity_files: Vec<PathBuf>,
+    /// Private key text (`SSH_PRIVATE_KEY`), tried after the identity files.
+    pub private_key: Option<KeyText>,
+    /// The ssh-agent socket (`SSH_AUTH_SOCK`, `IdentityAgent`); `None`: no agent.
+    pub identity_agent: Option<PathBuf>,
+    /// Use only the keys given explicitly, not the agent's (`IdentitiesOnly`).
+    pub identities_only: bool,
+    /// Keys tried last, only when no key was given explicitly (`~/.ssh/id_*`).
+    pub default_identity_files: Vec<PathBuf>,
+    /// Port when the destination names none (`-p`, `Port`).
+    pub port: Option<u16>,
+    /// User when the destination names none (`User`).
+    pub user: Option<String>,
+    pub strict_host_key_checking: StrictHostKeyChecking,
+    /// known_hosts files (`UserKnownHostsFile`). Empty: none with `StrictHostKeyChecking=no`,
+    /// `~/.ssh/known_hosts` otherwise.
+    pub known_hosts: Vec<PathBuf>,
+    /// Limit for the TCP connection and the SSH handshake each (`ConnectTimeout`).
+    pub connect_timeout: Option<Duration>,
+    /// Send a keepalive after this long without hearing from the server (`ServerAliveInterval`).
+    pub keepalive_interval: Option<Duration>,
+    /// Give up after this many unanswered keepalives (`ServerAliveCountMax`).
+    pub keepalive_max: usize,
+}
+
+impl Default for SshOptions {
+    fn default() -> Self {
+        Self {
+            identity_files: Vec::new(),
+            private_key: None,
+            identity_agent: None,
+            identities_only: false,
+            default_identity_files: Vec::new(),
+            port: None,
+            user: None,
+            strict_host_key_checking: StrictHostKeyChecking::No,
+            known_hosts: Vec::new(),
+            connect_timeout: Some(Duration::from_secs(30)),
+            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_max: 4,
+        }
+    }
+}
+
+/// The `-o` keys understood, for the error message listing them.
+const SUPPORTED: &str = "Port, User, IdentityFile, IdentitiesOnly, IdentityAgent, \
+    StrictHostKeyChecking, UserKnownHostsFile, ConnectTimeout, ServerAliveInterval, \
+    ServerAliveCountMax";
+
+/// Keys accepted and ignored (with a warning): they only tune OpenSSH's own client.
+const IGNORED: &[&str] = &[
+    "loglevel",
+    "compression",
+    "controlmaster",
+    "controlpath",
+    "controlpersist",
+    "batchmode",
+    "forwardagent",
+    "requesttty",
+    "globalknownhostsfile",
+    "checkhostip",
+    "updatehostkeys",
+    "hashknownhosts",
+];
+
+impl SshOptions {
+    /// The defaults plus what `ssh` would take from the environment: the agent at
+    /// `SSH_AUTH_SOCK`, the key text in `SSH_PRIVATE_KEY` and the `~/.ssh/id_*` fallbacks.
+    pub fn from_env() -> Self {
+        let mut opts = Self {
+            identity_agent: std::env::var_os("SSH_AUTH_SOCK")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            private_key: std::env::var("SSH_PRIVATE_KEY")
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+                .map(KeyText),
+            ..Self::default()
+        };
+        if let Some(home) = std::env::var_os("HOME") {
+            let ssh = PathBuf::from(home).join(".ssh");
+            opts.default_identity_files = ["id_ed25519", "id_ecdsa", "id_rsa"]
+                .iter()
+                .map(|n| ssh.join(n))
+                .collect();
+        }
+        opts
+    }
+
+    /// Applies one `-o`/`--ssh-option` setting, `Key=Value` or `Key Value`, keys
+    /// case-insensitive as in OpenSSH.
+    pub fn set_option(&mut self, key_eq_value: &str) -> Result<(), SshError> {
+        let bad = |reason: String| SshError::InvalidOption {
+            option: key_eq_value.to_owned(),
+            reason,
+        };
+        let text = key_eq_value.trim();
+        let (key, value) = text
+            .split_once(['=', ' ', '\t'])
+            .map(|(k, v)| (k.trim(), v.trim().trim_start_matches('=').trim()))
+            .ok_or_else(|| bad("expected Key=Value".to_owned()))?;
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        if key.is_empty() || value.is_empty() {
+            return Err(bad("expected Key=Value".to_owned()));
+        }
+        match key.to_ascii_lowercase().as_str() {
+            "port" => self.port = Some(parse_port(value).map_err(bad)?),
+            "user" => self.user = Some(value.to_owned()),
+            "identityfile" => self.identity_files.push(expand_tilde(value)),
+            "identitiesonly" => self.identities_only = parse_yes_no(value).map_err(bad)?,
+            "identityagent" => {
+                self.identity_agent = match value {
+                    "none" => None,
+                    "SSH_AUTH_SOCK" => std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from),
+                    path => Some(expand_tilde(path)),
+                }
+            }
+            "stricthostkeychecking" => {
+                self.strict_host_key_checking = match value.to_ascii_lowercase().as_str() {
+                    "no" | "off" | "false" => StrictHostKeyChecking::No,
+                    "accept-new" => StrictHostKeyChecking::AcceptNew,
+                    "yes" | "ask" | "true" => StrictHostKeyChecking::Yes,
+                    _ => return Err(bad("expected yes, no, accept-new or ask".to_owned())),
+                }
+            }
+            "userknownhostsfile" => {
+                self.known_hosts = value.split_whitespace().map(expand_tilde).collect();
+            }
+            "connecttimeout" => {
+                self.connect_timeout = match parse_seconds(value).map_err(bad)? {
+                    0 => None,
+                    s => Some(Duration::from_secs(s)),
+                }
+            }
+            "serveraliveinterval" => {
+                self.keepalive_interval = match parse_seconds(value).map_err(bad)? {
+                    0 => None,
+                    s => Some(Duration::from_secs(s)),
+                }
+            }
+            "serveralivecountmax" => {
+                self.keepalive_max = value
+                    .parse()
+                    .map_err(|_| bad(format!("{value:?} is not a count")))?
+            }
+            k if IGNORED.contains(&k) => {
+                tracing::warn!("ignoring SSH option {key}: it only applies to OpenSSH's client");
+            }
+            _ => {
+                return Err(bad(format!(
+                    "unknown option {key:?}; supported: {SUPPORTED}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_yes_no(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "yes" | "true" => Ok(true),
+        "no" | "false" => Ok(false),
+        _ => Err("expected yes or no".to_owned()),
+    }
+}
+
+fn parse_seconds(value: &str) -> Result<u64, String> {
+    let digits = value.strip_suffix(['s', 'S']).unwrap_or(value);
+    digits
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of seconds"))
+}
+
+fn expand_tilde(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_forms() {
+        let t = |s: &str| Target::parse(s).unwrap();
+        assert_eq!(
+            t("host"),
+            Target {
+                user: "root".into(),
+                host: "host".into(),
+                port: 22
+            }
+        );
+        assert_eq!(t("me@host:2222").to_string(), "me@host:2222");
+        assert_eq!(t("ssh://me@host:2222/").to_string(), "me@host:2222");
+        assert_eq!(t("[::1]:2200").to_string(), "root@[::1]:2200");
+        assert_eq!(t("u@[fe80::1]").port, 22);
+        assert_eq!(t("fe80::1").host, "fe80::1");
+        assert_eq!(t("a@b@host").user, "a@b");
+        for bad in [
+            "",
+            "@host",
+            "host:",
+            "host:0",
+            "host:99999",
+            "[::1",
+            "[::1]x",
+            "u@",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn options_fill_in_what_the_destination_lacks() {
+        let mut opts = SshOptions::default();
+        opts.set_option("Port=2200").unwrap();
+        opts.set_option("user bob").unwrap();
+        assert_eq!(
+            Target::parse_with("host", &opts).unwrap().to_string(),
+            "bob@host:2200"
+        );
+        assert_eq!(
+            Target::parse_with("al@host:22", &opts).unwrap().to_string(),
+            "al@host:22"
+        );
+    }
+
+    #[test]
+    fn key_text_is_never_printed() {
+        let opts = SshOptions {
+            private_key: Some(KeyText::new(
+                "-----BEGIN OPENSSH PRIVATE KEY----- secret".into(),
+            )),
+            ..SshOptions::default()
+        };
+        assert!(!format!("{opts:?}").contains("secret"));
+    }
+}
