@@ -1,0 +1,264 @@
+//! `copy --to ssh://` end to end: the binary as a user runs it, a real OpenSSH server on
+//! 127.0.0.1, the agent uploaded and started over SSH, and Nix 2.8 judging the result.
+
+mod support;
+
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use support::sshd::Sshd;
+
+const BIN: &str = env!("CARGO_BIN_EXE_nixos-anywhere-rs");
+
+fn small_top() -> String {
+    let out = Command::new("fixtures/closure")
+        .arg("small")
+        .output()
+        .expect("fixtures/closure");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn copy_command(sshd: &Sshd, root: &Path, top: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["copy", "--json", "--to"])
+        .arg(format!("ssh://{}", sshd.destination()))
+        .arg("-i")
+        .arg(&sshd.client_key)
+        .arg("--root")
+        .arg(root)
+        .args(extra)
+        .arg(top)
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("SSH_PRIVATE_KEY");
+    cmd
+}
+
+/// Runs a copy that must succeed; returns its `--json` summary.
+fn copy(sshd: &Sshd, root: &Path, top: &str, extra: &[&str]) -> serde_json::Value {
+    let out = copy_command(sshd, root, top, extra).output().unwrap();
+    assert_ok(&out, sshd);
+    serde_json::from_slice(&out.stdout).expect("a JSON summary")
+}
+
+fn assert_ok(out: &Output, sshd: &Sshd) {
+    assert!(
+        out.status.success(),
+        "copy failed: {}\nsshd log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        sshd.log()
+    );
+}
+
+fn nix(args: &[&str], root: &Path) -> Output {
+    let out = Command::new(args[0])
+        .args(["--option", "build-users-group", ""])
+        .args(&args[1..])
+        .arg("--store")
+        .arg(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn verify(root: &Path) {
+    let out = nix(&["nix-store", "--verify", "--check-contents"], root);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("error") && !stderr.contains("modified"),
+        "{stderr}"
+    );
+}
+
+/// `nix path-info --json -r` of `top`, reduced to what must match between stores.
+fn path_infos(top: &str, root: Option<&Path>) -> Vec<(String, String, u64, Vec<String>)> {
+    let mut cmd = Command::new("nix");
+    cmd.args([
+        "--extra-experimental-features",
+        "nix-command",
+        "path-info",
+        "--json",
+        "-r",
+        top,
+    ]);
+    if let Some(root) = root {
+        cmd.arg("--store").arg(root);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut infos: Vec<_> = json
+        .iter()
+        .map(|i| {
+            let refs = i["references"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap().to_owned());
+            (
+                i["path"].as_str().unwrap().to_owned(),
+                i["narHash"].as_str().unwrap().to_owned(),
+                i["narSize"].as_u64().unwrap(),
+                refs.collect(),
+            )
+        })
+        .collect();
+    infos.sort();
+    infos
+}
+
+fn registered(root: &Path) -> u64 {
+    let db = rusqlite::Connection::open(root.join("nix/var/nix/db/db.sqlite")).unwrap();
+    db.query_row("select count(*) from ValidPaths", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .unwrap() as u64
+}
+
+/// Waits until no process holds the store root (an agent whose connection dropped finishes
+/// registering what it received before it exits).
+fn wait_for_agent_to_release(root: &Path) {
+    let lock = File::open(root.join("nix/var/nix/db/big-lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+}
+
+#[test]
+fn copies_a_closure_over_ssh_that_nix_accepts() {
+    let sshd = Sshd::start();
+    let top = small_top();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+
+    let first = copy(&sshd, &root, &top, &[]);
+    let expected = path_infos(&top, None);
+    assert_eq!(first["paths_sent"], expected.len() as u64, "{first}");
+    assert!(
+        first["wire_bytes"].as_u64().unwrap() < first["nar_bytes"].as_u64().unwrap(),
+        "{first}"
+    );
+    verify(&root);
+    assert_eq!(path_infos(&top, Some(&root)), expected);
+
+    let second = copy(&sshd, &root, &top, &["--compress", "none"]);
+    assert_eq!(second["paths_sent"], 0, "{second}");
+    assert_eq!(second["paths_skipped"], expected.len() as u64, "{second}");
+}
+
+#[test]
+fn every_compression_setting_gives_the_same_store() {
+    let sshd = Sshd::start();
+    let top = small_top();
+    let expected = path_infos(&top, None);
+    for setting in ["none", "1", "9"] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let summary = copy(&sshd, &root, &top, &["--compress", setting]);
+        verify(&root);
+        assert_eq!(
+            path_infos(&top, Some(&root)),
+            expected,
+            "--compress {setting}"
+        );
+        let levels = summary["zstd_levels"].as_array().unwrap();
+        let used: Vec<i64> = levels.iter().map(|l| l[0].as_i64().unwrap()).collect();
+        match setting {
+            "none" => assert_eq!(used, [0], "{summary}"),
+            // Blocks that do not compress go raw, so level 0 may appear beside the one asked.
+            level => assert!(used.contains(&level.parse().unwrap()), "{summary}"),
+        }
+    }
+}
+
+/// The tool dies (its connection with it) at several points of a transfer: the target's store
+/// verifies, and a rerun sends exactly the paths that were not registered.
+#[test]
+fn a_lost_connection_leaves_the_target_resumable() {
+    let sshd = Sshd::start();
+    let top = small_top();
+    let total = path_infos(&top, None).len() as u64;
+    for kill_after_paths in [1, total / 2, total - 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let mut child = copy_command(&sshd, &root, &top, &["--compress", "9"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let store = root.join("nix/store");
+        let placed = || {
+            std::fs::read_dir(&store).map_or(0, |d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            }) as u64
+        };
+        let mut finished = false;
+        while placed() < kill_after_paths {
+            if child.try_wait().unwrap().is_some() {
+                finished = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().unwrap();
+        let _ = child.wait();
+        assert!(
+            !finished,
+            "the copy finished before {kill_after_paths} paths were placed"
+        );
+        wait_for_agent_to_release(&root);
+        verify(&root);
+        // Data already in flight may have landed after the kill: anything from none to all.
+        let before = registered(&root);
+        let rerun = copy(&sshd, &root, &top, &[]);
+        assert_eq!(
+            rerun["paths_sent"],
+            total - before,
+            "after a kill at {kill_after_paths}: {rerun}"
+        );
+        verify(&root);
+        assert_eq!(copy(&sshd, &root, &top, &[])["paths_sent"], 0);
+    }
+}
+
+#[test]
+fn a_target_that_cannot_be_reached_or_authenticated_is_a_clear_error() {
+    let sshd = Sshd::start();
+    let top = small_top();
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = support::sshd::keygen(&dir.path().join("stranger"));
+    let out = Command::new(BIN)
+        .args(["copy", "--to"])
+        .arg(format!("ssh://{}", sshd.destination()))
+        .arg("-i")
+        .arg(&stranger)
+        .args(["-o", "IdentitiesOnly=yes", "--root"])
+        .arg(dir.path().join("root"))
+        .arg(&top)
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("SSH_PRIVATE_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("authentication failed"), "{stderr}");
+    assert!(
+        !dir.path().join("root").exists(),
+        "nothing may happen on the target"
+    );
+}
