@@ -1,0 +1,248 @@
+//! A real OpenSSH server on 127.0.0.1 for one test: its own directory, config, host key,
+//! authorized client key and free port; killed on drop. Also a real ssh-agent.
+//!
+//! Needs openssh-server and openssh-client, which `scripts/setup` installs.
+
+use std::fs;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+pub struct Sshd {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+    /// A private key whose public half is authorized.
+    pub client_key: PathBuf,
+}
+
+/// Runs a program that must succeed, with a message naming it otherwise.
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}; run scripts/setup first"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Generates an unencrypted ed25519 key pair at `path` and `path.pub`.
+pub fn keygen(path: &Path) -> PathBuf {
+    let _ = fs::remove_file(path);
+    let _ = fs::remove_file(path.with_extension("pub"));
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test-key", "-f"])
+        .arg(path));
+    path.to_owned()
+}
+
+/// The user the tests log in as: whoever runs them.
+pub fn user() -> String {
+    if rustix::process::getuid().is_root() {
+        return "root".to_owned();
+    }
+    std::env::var("USER").expect("USER is not set")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Sshd {
+    /// Starts a fresh server. Panics with a pointer to `scripts/setup` when sshd is missing.
+    pub fn start() -> Sshd {
+        assert!(
+            Path::new(SSHD).exists(),
+            "{SSHD} not found: run scripts/setup (it installs openssh-server)"
+        );
+        // The privilege-separation directory sshd insists on (when run as root).
+        let _ = fs::create_dir_all("/run/sshd");
+        let dir = tempfile::tempdir().unwrap();
+        let client_key = keygen(&dir.path().join("client_key"));
+        fs::copy(
+            client_key.with_extension("pub"),
+            dir.path().join("authorized_keys"),
+        )
+        .unwrap();
+        keygen(&dir.path().join("host_key"));
+        let mut sshd = Sshd {
+            dir,
+            port: 0,
+            child: None,
+            client_key,
+        };
+        for _ in 0..10 {
+            sshd.port = free_port();
+            if sshd.spawn() {
+                return sshd;
+            }
+        }
+        panic!("sshd did not start: {}", sshd.log());
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `user@127.0.0.1:port`.
+    pub fn destination(&self) -> String {
+        format!("{}@127.0.0.1:{}", user(), self.port)
+    }
+
+    /// The host key's public line, `ssh-ed25519 AAAA...`.
+    pub fn host_public_key(&self) -> String {
+        let text = fs::read_to_string(self.dir.path().join("host_key.pub")).unwrap();
+        let mut fields = text.split_whitespace();
+        format!("{} {}", fields.next().unwrap(), fields.next().unwrap())
+    }
+
+    /// A known_hosts line for this server.
+    pub fn known_hosts_line(&self) -> String {
+        format!("[127.0.0.1]:{} {}\n", self.port, self.host_public_key())
+    }
+
+    /// Stops the server, gives it a new host key and starts it again on the same port.
+    pub fn restart_with_new_host_key(&mut self) {
+        self.stop();
+        keygen(&self.dir.path().join("host_key"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.spawn() {
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not restart: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts sshd on `self.port`; false if it exited (the port was taken, say).
+    fn spawn(&mut self) -> bool {
+        let d = self.dir.path();
+        let config = format!(
+            "Port {port}\n\
+             ListenAddress 127.0.0.1\n\
+             HostKey {d}/host_key\n\
+             PidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\n\
+             PermitRootLogin yes\n\
+             StrictModes no\n\
+             UsePAM no\n\
+             UseDNS no\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             PubkeyAuthentication yes\n\
+             MaxStartups 64\n\
+             LogLevel VERBOSE\n",
+            port = self.port,
+            d = d.display()
+        );
+        fs::write(d.join("sshd_config"), config).unwrap();
+        let log = fs::File::create(d.join("sshd.log")).unwrap();
+        let child = Command::new(SSHD)
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {SSHD}: {e}; run scripts/setup"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false;
+            }
+            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut banner = [0u8; 4];
+                if stream.read_exact(&mut banner).is_ok() && &banner == b"SSH-" {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop();
+        false
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A real ssh-agent listening on a socket of its own; killed on drop.
+pub struct SshAgent {
+    _dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: Child,
+}
+
+impl SshAgent {
+    pub fn start() -> SshAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start ssh-agent: {e}; run scripts/setup"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "ssh-agent did not create its socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        SshAgent {
+            _dir: dir,
+            socket,
+            child,
+        }
+    }
+
+    /// Loads a private key into the agent with ssh-add.
+    pub fn add(&self, key: &Path) {
+        run(Command::new("ssh-add")
+            .arg("-q")
+            .arg(key)
+            .env("SSH_AUTH_SOCK", &self.socket));
+    }
+}
+
+impl Drop for SshAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
