@@ -53,11 +53,15 @@ impl ExitInfo {
 
     /// "exit status 3" or "killed by signal KILL", for messages.
     pub fn describe(&self) -> String {
-        match (&self.status, &self.signal) {
-            (Some(s), _) => format!("exit status {s}"),
-            (None, Some(sig)) => format!("killed by signal {sig}"),
-            (None, None) => "no exit status".to_owned(),
-        }
+        describe_status(self.status, self.signal.as_deref())
+    }
+}
+
+pub(crate) fn describe_status(status: Option<u32>, signal: Option<&str>) -> String {
+    match (status, signal) {
+        (Some(s), _) => format!("exit status {s}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        (None, None) => "no exit status".to_owned(),
     }
 }
 
@@ -80,7 +84,8 @@ pub struct ExecStdin {
     state: Arc<SessionState>,
 }
 
-/// The command's standard output, ending at its end-of-file.
+/// The command's standard output, ending at its end-of-file. Read it to the end or drop it:
+/// output nobody reads stalls the whole connection once a few MiB are queued.
 pub struct ExecStdout {
     rx: mpsc::Receiver<Bytes>,
     chunk: Bytes,

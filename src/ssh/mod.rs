@@ -115,7 +115,12 @@ impl client::Handler for Client {
         names: &russh::Names,
         _session: &mut client::Session,
     ) -> Result<(), SshError> {
-        tracing::debug!(dest = %self.state.dest, cipher = names.cipher.as_ref(), kex = names.kex.as_ref(), "key exchange done");
+        tracing::debug!(
+            dest = %self.state.dest,
+            cipher = names.cipher.as_ref(),
+            kex = names.kex.as_ref(),
+            "key exchange done"
+        );
         *self.state.cipher.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(names.cipher.as_ref().to_owned());
         Ok(())
@@ -290,15 +295,10 @@ impl Session {
         if out.success() {
             return Ok(out);
         }
-        let status = match (&out.status, &out.signal) {
-            (Some(s), _) => format!("exit status {s}"),
-            (None, Some(sig)) => format!("killed by signal {sig}"),
-            (None, None) => "no exit status".to_owned(),
-        };
         Err(SshError::CommandFailed {
             dest: self.state.dest.clone(),
             command: command.to_owned(),
-            status,
+            status: exec::describe_status(out.status, out.signal.as_deref()),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
     }
@@ -324,7 +324,7 @@ impl Session {
             source,
         })?;
         let quoted = shell_quote(remote_path);
-        let probe = format!("sha256sum {quoted} 2>/dev/null");
+        let probe = format!("test -x {quoted} && sha256sum {quoted} 2>/dev/null");
         let existing = self.run(&probe, b"").await?;
         if existing.success() && existing.stdout.starts_with(format!("{hash} ").as_bytes()) {
             tracing::debug!(remote_path, "already uploaded (same sha256)");
@@ -475,16 +475,12 @@ async fn tcp_connect(target: &Target, limit: Option<Duration>) -> Result<TcpStre
     let dest = target.to_string();
     let addrs: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, target.port)],
-        Err(_) => tokio::net::lookup_host((target.host.as_str(), target.port))
+        Err(_) => resolve(&target.host, target.port)
             .await
             .map_err(|source| SshError::Connect {
                 dest: dest.clone(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!("could not resolve {}: {source}", target.host),
-                ),
-            })?
-            .collect(),
+                source,
+            })?,
     };
     let mut last = None;
     for addr in addrs {
@@ -507,4 +503,44 @@ async fn tcp_connect(target: &Target, limit: Option<Duration>) -> Result<TcpStre
         dest,
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "the host has no address"),
     }))
+}
+
+/// Resolves a host name on the operator's machine. The binary is static, and a static glibc
+/// can only use the name services of the glibc it was built with; when that fails, the
+/// system's own `getent` (dynamically linked, with its NSS modules) answers instead.
+async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    let first = match tokio::net::lookup_host((host, port)).await {
+        Ok(addrs) => {
+            let addrs: Vec<SocketAddr> = addrs.collect();
+            if !addrs.is_empty() {
+                return Ok(addrs);
+            }
+            "no address".to_owned()
+        }
+        Err(e) => e.to_string(),
+    };
+    let getent = tokio::process::Command::new("getent")
+        .args(["ahosts", host])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .await;
+    let mut addrs = Vec::new();
+    if let Ok(out) = getent {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(Ok(ip)) = line.split_whitespace().next().map(str::parse::<IpAddr>) {
+                let addr = SocketAddr::new(ip, port);
+                if !addrs.contains(&addr) {
+                    addrs.push(addr);
+                }
+            }
+        }
+    }
+    if addrs.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("could not resolve {host}: {first}"),
+        ));
+    }
+    Ok(addrs)
 }

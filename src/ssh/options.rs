@@ -41,7 +41,7 @@ impl Target {
         };
         // Like nixos-anywhere: the user is everything up to the last '@'.
         let (user, hostport) = match rest.rsplit_once('@') {
-            Some((user, _)) if user.is_empty() => return Err(bad("the user name is empty")),
+            Some(("", _)) => return Err(bad("the user name is empty")),
             Some((user, hostport)) => (Some(user), hostport),
             None => (None, rest),
         };
