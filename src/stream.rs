@@ -113,7 +113,9 @@ pub async fn send_nars<W: AsyncWrite + Unpin>(
     });
 
     let mut stats = SendStats::default();
-    let mut auto = (compression == Compression::Auto).then(|| AutoLevel::new(ladder_start));
+    let threads = rayon::current_num_threads();
+    let mut auto =
+        (compression == Compression::Auto).then(|| AutoLevel::new(ladder_start, threads));
     loop {
         let waiting = Instant::now();
         let Some(pending) = blocks_rx.recv().await else {
@@ -139,6 +141,7 @@ pub async fn send_nars<W: AsyncWrite + Unpin>(
             && let Some(index) = auto.observe(
                 Instant::now(),
                 block.nar_len as u64,
+                block.took,
                 waited_for_block,
                 waited_for_link,
             )
@@ -157,6 +160,8 @@ struct Block {
     frame: Vec<u8>,
     nar_len: usize,
     level: i32,
+    /// How long compressing it took (zero when sent raw).
+    took: Duration,
 }
 
 /// Cuts the NAR stream into blocks and queues each for compression.
@@ -211,6 +216,7 @@ thread_local! {
 /// does not pay.
 fn encode_block(bytes: Vec<u8>, level: i32) -> Block {
     let nar_len = bytes.len();
+    let started = Instant::now();
     if level > 0 {
         let compressed = COMPRESSOR.with_borrow_mut(|slot| {
             if slot.as_ref().is_none_or(|(l, _)| *l != level) {
@@ -224,10 +230,12 @@ fn encode_block(bytes: Vec<u8>, level: i32) -> Block {
             frame.extend_from_slice(&wire::header(ZSTD_BLOCK, compressed.len() + 4));
             frame.extend_from_slice(&(nar_len as u32).to_le_bytes());
             frame.extend_from_slice(&compressed);
+            let took = started.elapsed();
             return Block {
                 frame,
                 nar_len,
                 level,
+                took,
             };
         }
     }
@@ -238,12 +246,15 @@ fn encode_block(bytes: Vec<u8>, level: i32) -> Block {
         frame,
         nar_len,
         level: 0,
+        took: Duration::ZERO,
     }
 }
 
-/// Chooses the zstd level while sending: it climbs while the link is the bottleneck (the writer
-/// waits for the channel) and descends while compression is (the writer waits for blocks),
-/// and steps back when a move made the NAR throughput worse.
+/// Chooses the zstd level while sending. It climbs while the link is the bottleneck (the writer
+/// waits for the channel) and the compression pool could still do at least twice the NAR rate
+/// reached (measured from each block's own compression time: each step up is slower); it
+/// descends while compression is the bottleneck (the writer waits for blocks); and it steps back
+/// when a move made the NAR throughput worse.
 struct AutoLevel {
     index: usize,
     window: Window,
@@ -251,6 +262,8 @@ struct AutoLevel {
     previous: Option<(usize, f64)>,
     /// Windows to stay put after undoing a move.
     hold: u32,
+    /// Threads compressing blocks.
+    threads: usize,
 }
 
 #[derive(Default)]
@@ -258,6 +271,7 @@ struct Window {
     started: Option<Instant>,
     nar_bytes: u64,
     blocks: u32,
+    compress_time: Duration,
     waited_for_blocks: Duration,
     waited_for_link: Duration,
 }
@@ -266,12 +280,13 @@ impl AutoLevel {
     const WINDOW_BLOCKS: u32 = 24;
     const WINDOW_TIME: Duration = Duration::from_millis(300);
 
-    fn new(index: usize) -> Self {
+    fn new(index: usize, threads: usize) -> Self {
         Self {
             index,
             window: Window::default(),
             previous: None,
             hold: 0,
+            threads,
         }
     }
 
@@ -280,6 +295,7 @@ impl AutoLevel {
         &mut self,
         now: Instant,
         nar_bytes: u64,
+        compress_time: Duration,
         for_block: Duration,
         for_link: Duration,
     ) -> Option<usize> {
@@ -287,6 +303,7 @@ impl AutoLevel {
         let started = *w.started.get_or_insert(now);
         w.nar_bytes += nar_bytes;
         w.blocks += 1;
+        w.compress_time += compress_time;
         w.waited_for_blocks += for_block;
         w.waited_for_link += for_link;
         let elapsed = now.duration_since(started);
@@ -295,6 +312,12 @@ impl AutoLevel {
         }
         let rate = w.nar_bytes as f64 / elapsed.as_secs_f64();
         let link_bound = w.waited_for_link > w.waited_for_blocks;
+        // What the pool could compress per second at this level; unbounded when sending raw.
+        let pool_rate = match w.compress_time.as_secs_f64() {
+            0.0 => f64::INFINITY,
+            secs => w.nar_bytes as f64 / secs * self.threads as f64,
+        };
+        let headroom = pool_rate >= 2.0 * rate;
         self.window = Window::default();
 
         let current = self.index;
@@ -304,10 +327,11 @@ impl AutoLevel {
                 current
             }
             Some((before, before_rate)) if before != current && rate < before_rate * 0.97 => {
-                self.hold = 4;
+                self.hold = 8;
                 before
             }
-            _ if link_bound => (current + 1).min(LADDER.len() - 1),
+            _ if link_bound && headroom => (current + 1).min(LADDER.len() - 1),
+            _ if link_bound => current,
             _ => current.saturating_sub(1),
         };
         self.previous = Some((current, rate));
@@ -361,19 +385,22 @@ mod tests {
         }
     }
 
-    /// Feeds `windows` windows of blocks, each taking `window_secs` (the NAR throughput), and
-    /// returns the level reached.
-    fn drive(auto: &mut AutoLevel, windows: &[f64], for_block: u64, for_link: u64) -> i32 {
+    /// Feeds one window of 1 MiB blocks per element of `windows` (its duration in seconds), each
+    /// block taking `compress_ms` to compress, and returns the level reached.
+    fn drive(
+        auto: &mut AutoLevel,
+        windows: &[f64],
+        compress_ms: u64,
+        for_block: u64,
+        for_link: u64,
+    ) -> i32 {
         let mut now = Instant::now();
+        let ms = Duration::from_millis;
         for secs in windows {
             let step = Duration::from_secs_f64(secs / AutoLevel::WINDOW_BLOCKS as f64);
             for _ in 0..AutoLevel::WINDOW_BLOCKS {
                 now += step;
-                let (b, l) = (
-                    Duration::from_millis(for_block),
-                    Duration::from_millis(for_link),
-                );
-                auto.observe(now, 1 << 20, b, l);
+                auto.observe(now, 1 << 20, ms(compress_ms), ms(for_block), ms(for_link));
             }
         }
         LADDER[auto.index]
@@ -381,14 +408,19 @@ mod tests {
 
     #[test]
     fn auto_level_follows_the_bottleneck() {
+        // Windows of 24 MiB in 0.5 s (48 MiB/s): with 2 ms per block, two threads could
+        // compress 1000 MiB/s, plenty of headroom.
         // Link-bound at a steady rate: it climbs.
-        assert!(drive(&mut AutoLevel::new(1), &[0.5; 4], 0, 20) >= 5);
+        assert!(drive(&mut AutoLevel::new(1, 2), &[0.5; 4], 2, 0, 20) >= 5);
+        // Link-bound, but compression could barely keep up (40 ms a block: 50 MiB/s with two
+        // threads): it stays.
+        assert_eq!(drive(&mut AutoLevel::new(1, 2), &[0.5; 4], 40, 0, 20), 1);
         // CPU-bound: it descends to uncompressed.
-        assert_eq!(drive(&mut AutoLevel::new(3), &[0.5; 4], 20, 0), 0);
+        assert_eq!(drive(&mut AutoLevel::new(3, 2), &[0.5; 4], 2, 20, 0), 0);
         // Link-bound, but the climb from level 1 to 2 halved the throughput: it steps back and
         // holds.
-        let mut auto = AutoLevel::new(1);
-        assert_eq!(drive(&mut auto, &[0.5, 1.0], 0, 20), 1);
-        assert_eq!(drive(&mut auto, &[0.5; 3], 0, 20), 1);
+        let mut auto = AutoLevel::new(1, 2);
+        assert_eq!(drive(&mut auto, &[0.5, 1.0], 2, 0, 20), 1);
+        assert_eq!(drive(&mut auto, &[0.5; 3], 2, 0, 20), 1);
     }
 }
