@@ -20,7 +20,7 @@ mod reader;
 mod restore;
 
 pub use dump::{dump, dump_hash};
-pub use reader::{Entry, NarError, NarReader};
+pub use reader::{Entry, NarError, NarReader, Problem};
 pub use restore::{Canonical, RestoreError, remove_tree, restore, restore_into};
 
 /// The first string of every NAR.

@@ -50,7 +50,7 @@ pub enum Problem {
     Unexpected { expected: String, found: String },
     #[error("padding bytes are not zero")]
     NonZeroPadding,
-    #[error("a {what} of {len} bytes is longer than the {max} allowed")]
+    #[error("the {what} is {len} bytes long, more than the {max} allowed")]
     TooLong {
         what: &'static str,
         len: u64,
