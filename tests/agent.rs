@@ -14,19 +14,12 @@ use nixos_anywhere_rs::store::{PathInfo, StorePath, query_closure};
 use nixos_anywhere_rs::stream::Compression;
 use nixos_anywhere_rs::wire::{self, Reply, Request};
 
-const BIN: &str = env!("CARGO_BIN_EXE_nixos-anywhere-rs");
+mod nix_oracle;
+
+use nix_oracle::BIN;
 
 fn small_closure() -> Vec<PathInfo> {
-    let out = Command::new("fixtures/closure")
-        .arg("small")
-        .output()
-        .expect("fixtures/closure");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let top = StorePath::parse(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    let top = StorePath::parse(&nix_oracle::closure("small")).unwrap();
     query_closure(&[top]).unwrap()
 }
 

@@ -1,6 +1,7 @@
 //! `copy --to ssh://` end to end: the binary as a user runs it, a real OpenSSH server on
 //! 127.0.0.1, the agent uploaded and started over SSH, and Nix 2.8 judging the result.
 
+mod nix_oracle;
 mod support;
 
 use std::fs::File;
@@ -8,22 +9,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use nix_oracle::{BIN, closure, path_infos};
 use support::sshd::Sshd;
-
-const BIN: &str = env!("CARGO_BIN_EXE_nixos-anywhere-rs");
-
-fn small_top() -> String {
-    let out = Command::new("fixtures/closure")
-        .arg("small")
-        .output()
-        .expect("fixtures/closure");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 fn copy_command(sshd: &Sshd, root: &Path, top: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
@@ -81,47 +68,6 @@ fn verify(root: &Path) {
     );
 }
 
-/// `nix path-info --json -r` of `top`, reduced to what must match between stores.
-fn path_infos(top: &str, root: Option<&Path>) -> Vec<(String, String, u64, Vec<String>)> {
-    let mut cmd = Command::new("nix");
-    cmd.args([
-        "--extra-experimental-features",
-        "nix-command",
-        "path-info",
-        "--json",
-        "-r",
-        top,
-    ]);
-    if let Some(root) = root {
-        cmd.arg("--store").arg(root);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let mut infos: Vec<_> = json
-        .iter()
-        .map(|i| {
-            let refs = i["references"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r.as_str().unwrap().to_owned());
-            (
-                i["path"].as_str().unwrap().to_owned(),
-                i["narHash"].as_str().unwrap().to_owned(),
-                i["narSize"].as_u64().unwrap(),
-                refs.collect(),
-            )
-        })
-        .collect();
-    infos.sort();
-    infos
-}
-
 fn registered(root: &Path) -> u64 {
     let db = rusqlite::Connection::open(root.join("nix/var/nix/db/db.sqlite")).unwrap();
     db.query_row("select count(*) from ValidPaths", [], |r| {
@@ -140,7 +86,7 @@ fn wait_for_agent_to_release(root: &Path) {
 #[test]
 fn copies_a_closure_over_ssh_that_nix_accepts() {
     let sshd = Sshd::start();
-    let top = small_top();
+    let top = closure("small");
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
 
@@ -162,7 +108,7 @@ fn copies_a_closure_over_ssh_that_nix_accepts() {
 #[test]
 fn every_compression_setting_gives_the_same_store() {
     let sshd = Sshd::start();
-    let top = small_top();
+    let top = closure("small");
     let expected = path_infos(&top, None);
     for setting in ["none", "1", "9"] {
         let dir = tempfile::tempdir().unwrap();
@@ -189,7 +135,7 @@ fn every_compression_setting_gives_the_same_store() {
 #[test]
 fn a_lost_connection_leaves_the_target_resumable() {
     let sshd = Sshd::start();
-    let top = small_top();
+    let top = closure("small");
     let total = path_infos(&top, None).len() as u64;
     for kill_after_paths in [1, total / 2, total - 3] {
         let dir = tempfile::tempdir().unwrap();
@@ -239,7 +185,7 @@ fn a_lost_connection_leaves_the_target_resumable() {
 #[test]
 fn a_target_that_cannot_be_reached_or_authenticated_is_a_clear_error() {
     let sshd = Sshd::start();
-    let top = small_top();
+    let top = closure("small");
     let dir = tempfile::tempdir().unwrap();
     let stranger = support::sshd::keygen(&dir.path().join("stranger"));
     let out = Command::new(BIN)
