@@ -14,8 +14,8 @@ use crate::wire::{self, Frame, PROTOCOL_VERSION, Reply, Request, WireError};
 
 const PEER: &str = "tool";
 
-/// Chunks of decompressed NAR in flight between the two threads (256 KiB each).
-const PIPE_DEPTH: usize = 32;
+/// Chunks of decompressed NAR in flight between the two threads (whole blocks, up to 4 MiB each).
+const PIPE_DEPTH: usize = 8;
 
 /// How often progress is reported back.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);

@@ -18,10 +18,10 @@ use crate::wire::{self, RAW_BLOCK, ZSTD_BLOCK};
 
 /// NAR bytes per block: small enough that two cores share the work evenly, large enough that
 /// zstd keeps most of its ratio.
-pub const BLOCK: usize = 1 << 20;
+pub const BLOCK: usize = 4 << 20;
 
 /// Blocks in flight between the NAR reader and the channel (bounds the sender's memory).
-const IN_FLIGHT: usize = 8;
+const IN_FLIGHT: usize = 6;
 
 /// The levels `auto` moves between; 0 sends blocks uncompressed.
 const LADDER: &[i32] = &[0, 1, 2, 3, 5, 7, 9];
