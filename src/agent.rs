@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::pipe::pipe;
 use crate::store::{PathInfo, StoreError, StoreRoot};
-use crate::wire::{self, Frame, PROTOCOL_VERSION, Reply, Request, WireError};
+use crate::wire::{self, BlockDecoder, Frame, PROTOCOL_VERSION, Reply, Request, WireError};
 
 const PEER: &str = "tool";
 
@@ -108,6 +108,7 @@ fn receive(
         let decoder = scope.spawn(move || -> Result<u64, WireError> {
             let mut wire_bytes = 0u64;
             let mut left = total;
+            let mut blocks = BlockDecoder::new();
             while left > 0 {
                 let (kind, payload) = match wire::read_frame(input, PEER)? {
                     Some(Frame::Block { kind, payload }) => (kind, payload),
@@ -121,7 +122,7 @@ fn receive(
                     None => return Err(WireError::Closed { peer: PEER }),
                 };
                 wire_bytes += 5 + payload.len() as u64;
-                let bytes = wire::unpack_block(kind, payload, PEER)?;
+                let bytes = blocks.decode(kind, payload, PEER)?;
                 if bytes.len() as u64 > left {
                     let problem = "more NAR bytes than the paths declared".to_owned();
                     return Err(WireError::Protocol {

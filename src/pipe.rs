@@ -4,6 +4,8 @@
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
+use bytes::{Buf, Bytes};
+
 /// Bytes per chunk handed across.
 const CHUNK: usize = 256 * 1024;
 
@@ -17,21 +19,19 @@ pub fn pipe(depth: usize) -> (PipeWriter, PipeReader) {
         },
         PipeReader {
             rx,
-            chunk: Vec::new(),
-            pos: 0,
+            chunk: Bytes::new(),
         },
     )
 }
 
 pub struct PipeWriter {
-    tx: SyncSender<Vec<u8>>,
+    tx: SyncSender<Bytes>,
     buf: Vec<u8>,
 }
 
 pub struct PipeReader {
-    rx: Receiver<Vec<u8>>,
-    chunk: Vec<u8>,
-    pos: usize,
+    rx: Receiver<Bytes>,
+    chunk: Bytes,
 }
 
 impl PipeWriter {
@@ -41,14 +41,14 @@ impl PipeWriter {
         }
         let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         self.tx
-            .send(full)
+            .send(Bytes::from(full))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "reader gone"))
     }
 }
 
 impl PipeWriter {
     /// Hands over a whole buffer without copying it (after anything written before it).
-    pub fn send_chunk(&mut self, chunk: Vec<u8>) -> io::Result<()> {
+    pub fn send_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
         self.send()?;
         if chunk.is_empty() {
             return Ok(());
@@ -82,18 +82,14 @@ impl Drop for PipeWriter {
 
 impl Read for PipeReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.chunk.len() {
+        while self.chunk.is_empty() {
             match self.rx.recv() {
-                Ok(chunk) => {
-                    self.chunk = chunk;
-                    self.pos = 0;
-                }
+                Ok(chunk) => self.chunk = chunk,
                 Err(_) => return Ok(0),
             }
         }
-        let n = out.len().min(self.chunk.len() - self.pos);
-        out[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
+        let n = out.len().min(self.chunk.len());
+        self.chunk.copy_to_slice(&mut out[..n]);
         Ok(n)
     }
 }

@@ -9,8 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
+use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end;
+use zstd::zstd_safe::{CCtx, CParameter, InBuffer, OutBuffer};
 
 use crate::nar;
 use crate::store::StorePath;
@@ -81,11 +84,8 @@ pub async fn send_nars<W: AsyncWrite + Unpin>(
     out: &mut W,
     mut on_block: impl FnMut(u64, u64),
 ) -> Result<SendStats, SendError> {
-    let ladder_start = match compression {
-        Compression::None => 0,
-        Compression::Level(_) | Compression::Auto => 1,
-    };
-    let level_index = Arc::new(AtomicUsize::new(ladder_start));
+    // `auto` starts uncompressed: the first window measures the link as it is.
+    let level_index = Arc::new(AtomicUsize::new(0));
     let fixed_level = match compression {
         Compression::Level(n) => Some(n),
         Compression::None => Some(0),
@@ -97,13 +97,9 @@ pub async fn send_nars<W: AsyncWrite + Unpin>(
     // receivers go into the bounded queue in order, so the writer sends them in order.
     let level_for_reader = Arc::clone(&level_index);
     let reader = tokio::task::spawn_blocking(move || -> Result<(), SendError> {
-        let mut cutter = BlockCutter {
-            buf: Vec::with_capacity(BLOCK),
-            queue: blocks_tx,
-            level: || {
-                fixed_level.unwrap_or_else(|| LADDER[level_for_reader.load(Ordering::Relaxed)])
-            },
-        };
+        let mut cutter = BlockCutter::new(blocks_tx, || {
+            fixed_level.unwrap_or_else(|| LADDER[level_for_reader.load(Ordering::Relaxed)])
+        });
         for path in paths {
             nar::dump(Path::new(&path.to_absolute()), &mut cutter)
                 .map_err(|source| SendError::Read { path, source })?;
@@ -114,8 +110,7 @@ pub async fn send_nars<W: AsyncWrite + Unpin>(
 
     let mut stats = SendStats::default();
     let threads = rayon::current_num_threads();
-    let mut auto =
-        (compression == Compression::Auto).then(|| AutoLevel::new(ladder_start, threads));
+    let mut auto = (compression == Compression::Auto).then(|| AutoLevel::new(0, threads));
     loop {
         let waiting = Instant::now();
         let Some(pending) = blocks_rx.recv().await else {
@@ -137,14 +132,15 @@ pub async fn send_nars<W: AsyncWrite + Unpin>(
             Some((_, n)) => *n += 1,
             None => stats.levels.push((block.level, 1)),
         }
+        let times = BlockTimes {
+            nar_bytes: block.nar_len as u64,
+            wire_bytes: block.frame.len() as u64,
+            compress_time: block.took,
+            waited_for_block,
+            waited_for_link,
+        };
         if let Some(auto) = &mut auto
-            && let Some(index) = auto.observe(
-                Instant::now(),
-                block.nar_len as u64,
-                block.took,
-                waited_for_block,
-                waited_for_link,
-            )
+            && let Some(index) = auto.observe(Instant::now(), block.asked, times)
         {
             level_index.store(index, Ordering::Relaxed);
         }
@@ -157,27 +153,55 @@ pub async fn send_nars<W: AsyncWrite + Unpin>(
 
 /// One encoded block: a whole frame, ready to write.
 struct Block {
-    frame: Vec<u8>,
+    frame: Bytes,
     nar_len: usize,
+    /// The level it went out at (0: raw, also when compression did not pay)...
     level: i32,
-    /// How long compressing it took (zero when sent raw).
+    /// ... and the level it was meant for.
+    asked: i32,
+    /// How long compressing it took (zero when not tried).
     took: Duration,
 }
 
 /// Cuts the NAR stream into blocks and queues each for compression.
 struct BlockCutter<L> {
+    /// The block being filled: room for a frame header, then NAR bytes.
     buf: Vec<u8>,
+    /// The NAR bytes of the block dispatched before, the prefix the next one may refer to.
+    previous: Option<Bytes>,
     queue: mpsc::Sender<oneshot::Receiver<Block>>,
     level: L,
 }
 
+/// Header room at the start of a block buffer: a raw block goes out as it is.
+const HEADER: usize = 5;
+
+fn block_buffer() -> Vec<u8> {
+    let mut buf = Vec::with_capacity(HEADER + BLOCK);
+    buf.resize(HEADER, 0);
+    buf
+}
+
 impl<L: Fn() -> i32> BlockCutter<L> {
+    fn new(queue: mpsc::Sender<oneshot::Receiver<Block>>, level: L) -> Self {
+        Self {
+            buf: block_buffer(),
+            previous: None,
+            queue,
+            level,
+        }
+    }
+
     fn dispatch(&mut self) -> std::io::Result<()> {
-        let bytes = std::mem::replace(&mut self.buf, Vec::with_capacity(BLOCK));
+        let mut buf = std::mem::replace(&mut self.buf, block_buffer());
+        let header = wire::header(RAW_BLOCK, buf.len() - HEADER);
+        buf[..HEADER].copy_from_slice(&header);
+        let raw_frame = Bytes::from(buf);
+        let previous = self.previous.replace(raw_frame.slice(HEADER..));
         let level = (self.level)();
         let (tx, rx) = oneshot::channel();
         rayon::spawn(move || {
-            let _ = tx.send(encode_block(bytes, level));
+            let _ = tx.send(encode_block(raw_frame, previous.as_deref(), level));
         });
         self.queue
             .blocking_send(rx)
@@ -185,7 +209,7 @@ impl<L: Fn() -> i32> BlockCutter<L> {
     }
 
     fn finish(mut self) {
-        if !self.buf.is_empty() {
+        if self.buf.len() > HEADER {
             // The writer may have stopped; its error is the one reported.
             let _ = self.dispatch();
         }
@@ -194,9 +218,9 @@ impl<L: Fn() -> i32> BlockCutter<L> {
 
 impl<L: Fn() -> i32> std::io::Write for BlockCutter<L> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let n = data.len().min(BLOCK - self.buf.len());
+        let n = data.len().min(HEADER + BLOCK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == BLOCK {
+        if self.buf.len() == HEADER + BLOCK {
             self.dispatch()?;
         }
         Ok(n)
@@ -207,69 +231,97 @@ impl<L: Fn() -> i32> std::io::Write for BlockCutter<L> {
     }
 }
 
-thread_local! {
-    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Encodes NAR bytes as a frame: zstd at `level`, or raw when `level` is 0 or compression
-/// does not pay.
-fn encode_block(bytes: Vec<u8>, level: i32) -> Block {
-    let nar_len = bytes.len();
+/// Encodes a block: `raw_frame` as it is when `level` is 0 or compression does not pay, else
+/// a zstd frame at `level` that may refer back into `previous`, the NAR bytes of the block
+/// before (see [`wire`]).
+fn encode_block(raw_frame: Bytes, previous: Option<&[u8]>, level: i32) -> Block {
+    let nar = &raw_frame[HEADER..];
+    let nar_len = nar.len();
     let started = Instant::now();
-    if level > 0 {
-        let compressed = COMPRESSOR.with_borrow_mut(|slot| {
-            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-                *slot = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
-            }
-            let (_, compressor) = slot.as_mut()?;
-            compressor.compress(&bytes).ok()
-        });
-        if let Some(compressed) = compressed.filter(|c| c.len() + 4 < nar_len) {
-            let mut frame = Vec::with_capacity(9 + compressed.len());
-            frame.extend_from_slice(&wire::header(ZSTD_BLOCK, compressed.len() + 4));
-            frame.extend_from_slice(&(nar_len as u32).to_le_bytes());
-            frame.extend_from_slice(&compressed);
-            let took = started.elapsed();
-            return Block {
-                frame,
-                nar_len,
-                level,
-                took,
-            };
-        }
-    }
-    let mut frame = Vec::with_capacity(5 + nar_len);
-    frame.extend_from_slice(&wire::header(RAW_BLOCK, nar_len));
-    frame.extend_from_slice(&bytes);
-    Block {
-        frame,
-        nar_len,
-        level: 0,
-        took: Duration::ZERO,
+    let compressed = (level > 0).then(|| compress(nar, previous, level));
+    let took = started.elapsed();
+    match compressed.flatten() {
+        Some(frame) => Block {
+            frame: Bytes::from(frame),
+            nar_len,
+            level,
+            asked: level,
+            took,
+        },
+        None => Block {
+            frame: raw_frame,
+            nar_len,
+            level: 0,
+            asked: level,
+            took: if level > 0 { took } else { Duration::ZERO },
+        },
     }
 }
 
-/// Chooses the zstd level while sending. It climbs while the link is the bottleneck (the writer
-/// waits for the channel) and the compression pool could still do at least twice the NAR rate
-/// reached (measured from each block's own compression time: each step up is slower); it
-/// descends while compression is the bottleneck (the writer waits for blocks); and it steps back
-/// when a move made the NAR throughput worse.
+/// A whole [`ZSTD_BLOCK`] frame of `nar`, or `None` when it would not be smaller than raw.
+fn compress(nar: &[u8], previous: Option<&[u8]>, level: i32) -> Option<Vec<u8>> {
+    const ZSTD_HEADER: usize = HEADER + 4;
+    // A fresh context per block costs nothing measurable next to compressing 4 MiB, and lets
+    // the prefix be borrowed for just this call.
+    let mut cctx = CCtx::create();
+    cctx.set_parameter(CParameter::CompressionLevel(level))
+        .ok()?;
+    if let Some(previous) = previous {
+        cctx.ref_prefix(previous).ok()?;
+    }
+    let mut frame = Vec::with_capacity(ZSTD_HEADER + zstd::zstd_safe::compress_bound(nar.len()));
+    frame.resize(ZSTD_HEADER, 0);
+    let mut out = OutBuffer::around_pos(&mut frame, ZSTD_HEADER);
+    let left = cctx
+        .compress_stream2(&mut out, &mut InBuffer::around(nar), ZSTD_e_end)
+        .ok()?;
+    let compressed = out.pos() - ZSTD_HEADER;
+    if left != 0 || compressed + 4 >= nar.len() {
+        return None;
+    }
+    frame[..HEADER].copy_from_slice(&wire::header(ZSTD_BLOCK, compressed + 4));
+    frame[HEADER..ZSTD_HEADER].copy_from_slice(&(nar.len() as u32).to_le_bytes());
+    Some(frame)
+}
+
+/// Chooses the zstd level while sending: the highest level that keeps the link full, and none
+/// where compressing only costs.
+///
+/// It looks at windows of blocks. While the writer waits for the channel and the wire carries
+/// about as much as it did at its best lately, the link is the bottleneck: fewer bytes on it
+/// move more NAR, so it climbs, as long as the compression pool (timed per block) could still do
+/// at least twice the rate reached (two steps when it could do far more, so a slow link gets a
+/// high level within seconds). It steps down, and avoids the level it left for
+/// [`AutoLevel::REMEMBER`] windows, when the writer waits for compressed blocks (the pool is the
+/// bottleneck) or when the wire carries clearly less than it did at a lower level: then the
+/// receiver, not the link, set the pace (loopback, or a fast link to a slow machine), and
+/// compressing only adds work.
 struct AutoLevel {
     index: usize,
     window: Window,
-    /// The level and NAR throughput of the previous window, to undo a move that did not pay.
-    previous: Option<(usize, f64)>,
-    /// Windows to stay put after undoing a move.
-    hold: u32,
+    /// When the writer last took a block.
+    last_block: Option<Instant>,
+    windows: u32,
+    /// Per ladder index: the NAR and wire rates last measured there, and in which window.
+    measured: [Option<Measured>; LADDER.len()],
+    /// Per ladder index: the window in which it was left for being too slow.
+    avoided: [Option<u32>; LADDER.len()],
     /// Threads compressing blocks.
     threads: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Measured {
+    nar_rate: f64,
+    wire_rate: f64,
+    window: u32,
 }
 
 #[derive(Default)]
 struct Window {
     started: Option<Instant>,
     nar_bytes: u64,
+    wire_bytes: u64,
     blocks: u32,
     compress_time: Duration,
     waited_for_blocks: Duration,
@@ -277,76 +329,122 @@ struct Window {
 }
 
 impl AutoLevel {
-    const WINDOW_BLOCKS: u32 = 24;
+    const WINDOW_BLOCKS: u32 = 8;
     const WINDOW_TIME: Duration = Duration::from_millis(300);
+    /// Windows a measurement or an avoided level counts for.
+    const REMEMBER: u32 = 8;
+    /// The link is full while the wire carries at least this share of its recent best.
+    const FULL: f64 = 0.85;
+    /// A level is slower than another when its NAR rate is lower by more than this share.
+    const MARGIN: f64 = 0.03;
 
     fn new(index: usize, threads: usize) -> Self {
         Self {
             index,
             window: Window::default(),
-            previous: None,
-            hold: 0,
+            last_block: None,
+            windows: 0,
+            measured: [None; LADDER.len()],
+            avoided: [None; LADDER.len()],
             threads,
         }
     }
 
-    /// Records one block; returns a new ladder index when the level should change.
-    fn observe(
-        &mut self,
-        now: Instant,
-        nar_bytes: u64,
-        compress_time: Duration,
-        for_block: Duration,
-        for_link: Duration,
-    ) -> Option<usize> {
+    /// Records one block, compressed for level `asked`; returns a new ladder index when the
+    /// level should change. Blocks compressed for another level (in flight when it changed)
+    /// do not count.
+    fn observe(&mut self, now: Instant, asked: i32, sent: BlockTimes) -> Option<usize> {
+        // The very first block only starts the clock; a window runs from the block before its
+        // first one, so it times all of its blocks.
+        let previous_block = self.last_block.replace(now)?;
+        if asked != LADDER[self.index] {
+            return None;
+        }
         let w = &mut self.window;
-        let started = *w.started.get_or_insert(now);
-        w.nar_bytes += nar_bytes;
+        let started = *w.started.get_or_insert(previous_block);
+        w.nar_bytes += sent.nar_bytes;
+        w.wire_bytes += sent.wire_bytes;
         w.blocks += 1;
-        w.compress_time += compress_time;
-        w.waited_for_blocks += for_block;
-        w.waited_for_link += for_link;
+        w.compress_time += sent.compress_time;
+        w.waited_for_blocks += sent.waited_for_block;
+        w.waited_for_link += sent.waited_for_link;
         let elapsed = now.duration_since(started);
         if w.blocks < Self::WINDOW_BLOCKS || elapsed < Self::WINDOW_TIME {
             return None;
         }
-        let rate = w.nar_bytes as f64 / elapsed.as_secs_f64();
+        let secs = elapsed.as_secs_f64();
+        let (nar_rate, wire_rate) = (w.nar_bytes as f64 / secs, w.wire_bytes as f64 / secs);
         let link_bound = w.waited_for_link > w.waited_for_blocks;
-        // What the pool could compress per second at this level; unbounded when sending raw.
+        // What the pool could compress per second at this level; unknown when sending raw.
         let pool_rate = match w.compress_time.as_secs_f64() {
-            0.0 => f64::INFINITY,
-            secs => w.nar_bytes as f64 / secs * self.threads as f64,
+            0.0 => None,
+            secs => Some(w.nar_bytes as f64 / secs * self.threads as f64),
         };
-        let headroom = pool_rate >= 2.0 * rate;
         self.window = Window::default();
-
+        self.windows += 1;
         let current = self.index;
-        let next = match self.previous {
-            _ if self.hold > 0 => {
-                self.hold -= 1;
-                current
-            }
-            Some((before, before_rate)) if before != current && rate < before_rate * 0.97 => {
-                self.hold = 8;
-                before
-            }
-            _ if link_bound && headroom => (current + 1).min(LADDER.len() - 1),
-            _ if link_bound => current,
-            _ => current.saturating_sub(1),
+        self.measured[current] = Some(Measured {
+            nar_rate,
+            wire_rate,
+            window: self.windows,
+        });
+
+        let windows = self.windows;
+        let recent = |i: usize| self.measured[i].filter(|m| windows - m.window < Self::REMEMBER);
+        let best_wire = (0..LADDER.len())
+            .filter_map(|i| recent(i).map(|m| m.wire_rate))
+            .fold(wire_rate, f64::max);
+        let link_full = wire_rate >= Self::FULL * best_wire;
+        let next = if link_bound && link_full {
+            let steps = match pool_rate {
+                None => 1,
+                Some(p) if p >= 8.0 * nar_rate => 2,
+                Some(p) if p >= 2.0 * nar_rate => 1,
+                Some(_) => 0,
+            };
+            let avoided =
+                |i: usize| self.avoided[i].is_some_and(|at| windows - at < Self::REMEMBER);
+            let slower =
+                |i: usize| recent(i).is_some_and(|m| m.nar_rate < nar_rate * (1.0 - Self::MARGIN));
+            // The furthest step up neither avoided nor measured slower lately.
+            (1..=steps)
+                .rev()
+                .map(|k| (current + k).min(LADDER.len() - 1))
+                .find(|&i| i != current && !avoided(i) && !slower(i))
+                .unwrap_or(current)
+        } else if current > 0 {
+            self.avoided[current] = Some(windows);
+            current - 1
+        } else {
+            current
         };
-        self.previous = Some((current, rate));
         (next != current).then(|| {
             tracing::debug!(
                 from = LADDER[current],
                 to = LADDER[next],
-                rate,
+                nar_rate,
+                wire_rate,
                 link_bound,
+                link_full,
                 "zstd level"
             );
             self.index = next;
             next
         })
     }
+}
+
+/// What sending one block took.
+#[derive(Debug, Clone, Copy, Default)]
+struct BlockTimes {
+    nar_bytes: u64,
+    wire_bytes: u64,
+    /// Compressing it, on its pool thread.
+    compress_time: Duration,
+    /// The writer waiting for it (compression the bottleneck)...
+    waited_for_block: Duration,
+    /// ... and for the channel to take it (the link the bottleneck).
+    waited_for_link: Duration,
 }
 
 #[cfg(test)]
@@ -362,6 +460,13 @@ mod tests {
         assert!("fast".parse::<Compression>().is_err());
     }
 
+    /// A raw frame of `bytes`, as the cutter builds it.
+    fn raw_frame(bytes: &[u8]) -> Bytes {
+        let mut buf = wire::header(RAW_BLOCK, bytes.len()).to_vec();
+        buf.extend_from_slice(bytes);
+        Bytes::from(buf)
+    }
+
     #[test]
     fn blocks_decode_to_their_bytes() {
         let text: Vec<u8> = b"all work and no play "
@@ -370,57 +475,153 @@ mod tests {
             .take(BLOCK)
             .copied()
             .collect();
-        let noise: Vec<u8> = (0..4096u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..BLOCK)
+            .map(|_| {
+                // xorshift64: bytes zstd finds nothing in.
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
             .collect();
-        for (bytes, level) in [(text.clone(), 3), (text, 0), (noise, 3)] {
-            let block = encode_block(bytes.clone(), level);
-            let mut input = block.frame.as_slice();
+        // A block that repeats the end of its predecessor compresses to almost nothing.
+        let repeat = noise[BLOCK - 65536..].to_vec();
+        let blocks = [(text.clone(), 3), (text, 0), (noise, 3), (repeat, 1)];
+        let mut decoder = wire::BlockDecoder::new();
+        let mut previous: Option<Vec<u8>> = None;
+        for (i, (bytes, level)) in blocks.into_iter().enumerate() {
+            let block = encode_block(raw_frame(&bytes), previous.as_deref(), level);
+            if i == 2 {
+                assert_eq!(block.level, 0, "noise on its own does not compress");
+            }
+            if i == 3 {
+                assert_eq!(block.level, 1);
+                assert!(block.frame.len() < 1024, "{} bytes", block.frame.len());
+            }
+            let mut input = &block.frame[..];
             let Some(wire::Frame::Block { kind, payload }) =
                 wire::read_frame(&mut input, "t").unwrap()
             else {
                 panic!("a block frame")
             };
-            assert_eq!(wire::unpack_block(kind, payload, "t").unwrap(), bytes);
+            assert!(input.is_empty());
+            assert_eq!(decoder.decode(kind, payload, "t").unwrap(), bytes);
+            previous = Some(bytes);
         }
     }
 
-    /// Feeds one window of 1 MiB blocks per element of `windows` (its duration in seconds), each
-    /// block taking `compress_ms` to compress, and returns the level reached.
-    fn drive(
-        auto: &mut AutoLevel,
-        windows: &[f64],
+    /// How a simulated transfer behaves at a level: seconds per [`AutoLevel::WINDOW_BLOCKS`]
+    /// blocks of 1 MiB, milliseconds to compress one, and whether the writer waits for the
+    /// link (else for blocks).
+    #[derive(Clone, Copy)]
+    struct At {
+        secs: f64,
         compress_ms: u64,
-        for_block: u64,
-        for_link: u64,
-    ) -> i32 {
+        link_bound: bool,
+    }
+
+    /// The compression ratio of the simulation at `level`.
+    fn ratio(level: i32) -> f64 {
+        if level == 0 {
+            1.0
+        } else {
+            1.9 + 0.03 * level as f64
+        }
+    }
+
+    /// Feeds `windows` times [`AutoLevel::WINDOW_BLOCKS`] blocks as `at(level)` says for the
+    /// level `auto` is at; returns the level after each group.
+    fn drive(auto: &mut AutoLevel, windows: usize, at: impl Fn(i32) -> At) -> Vec<i32> {
         let mut now = Instant::now();
         let ms = Duration::from_millis;
-        for secs in windows {
-            let step = Duration::from_secs_f64(secs / AutoLevel::WINDOW_BLOCKS as f64);
+        let mut trace = Vec::new();
+        for _ in 0..windows {
             for _ in 0..AutoLevel::WINDOW_BLOCKS {
-                now += step;
-                auto.observe(now, 1 << 20, ms(compress_ms), ms(for_block), ms(for_link));
+                let level = LADDER[auto.index];
+                let At {
+                    secs,
+                    compress_ms,
+                    link_bound,
+                } = at(level);
+                now += Duration::from_secs_f64(secs / AutoLevel::WINDOW_BLOCKS as f64);
+                let (for_block, for_link) = if link_bound { (0, 20) } else { (20, 0) };
+                let times = BlockTimes {
+                    nar_bytes: 1 << 20,
+                    wire_bytes: ((1 << 20) as f64 / ratio(level)) as u64,
+                    compress_time: ms(if level == 0 { 0 } else { compress_ms }),
+                    waited_for_block: ms(for_block),
+                    waited_for_link: ms(for_link),
+                };
+                auto.observe(now, level, times);
             }
+            trace.push(LADDER[auto.index]);
         }
-        LADDER[auto.index]
+        trace
+    }
+
+    /// A link that carries 16 MiB/s whatever the level, with `compress_ms` per block.
+    fn slow_link(compress_ms: u64) -> impl Fn(i32) -> At {
+        move |level| At {
+            secs: 0.5 / ratio(level),
+            compress_ms,
+            link_bound: true,
+        }
     }
 
     #[test]
     fn auto_level_follows_the_bottleneck() {
-        // Windows of 24 MiB in 0.5 s (48 MiB/s): with 2 ms per block, two threads could
-        // compress 1000 MiB/s, plenty of headroom.
-        // Link-bound at a steady rate: it climbs.
-        assert!(drive(&mut AutoLevel::new(1, 2), &[0.5; 4], 2, 0, 20) >= 5);
+        let top = *LADDER.last().unwrap();
+        // A slow link and cheap compression (2 ms a block: two threads could do 1000 MiB/s):
+        // it climbs to the top within a few windows and stays.
+        let trace = drive(&mut AutoLevel::new(0, 2), 8, slow_link(2));
+        assert_eq!(trace[4..], [top; 4], "{trace:?}");
         // Link-bound, but compression could barely keep up (40 ms a block: 50 MiB/s with two
-        // threads): it stays.
-        assert_eq!(drive(&mut AutoLevel::new(1, 2), &[0.5; 4], 40, 0, 20), 1);
+        // threads, 30 MiB/s reached): it stays.
+        assert_eq!(drive(&mut AutoLevel::new(1, 2), 4, slow_link(40)), [1; 4]);
         // CPU-bound: it descends to uncompressed.
-        assert_eq!(drive(&mut AutoLevel::new(3, 2), &[0.5; 4], 2, 20, 0), 0);
-        // Link-bound, but the climb from level 1 to 2 halved the throughput: it steps back and
-        // holds.
-        let mut auto = AutoLevel::new(1, 2);
-        assert_eq!(drive(&mut auto, &[0.5, 1.0], 2, 0, 20), 1);
-        assert_eq!(drive(&mut auto, &[0.5; 3], 2, 0, 20), 1);
+        let cpu = At {
+            secs: 0.5,
+            compress_ms: 2,
+            link_bound: false,
+        };
+        let trace = drive(&mut AutoLevel::new(3, 2), 4, |_| cpu);
+        assert_eq!(trace.last(), Some(&0), "{trace:?}");
+    }
+
+    /// The writer waits for the channel, but compressed blocks go slower than raw ones: the
+    /// receiver's CPU is the limit, as on loopback. It goes back to raw and stays there,
+    /// trying level 1 again only once that is old news.
+    #[test]
+    fn auto_level_sends_raw_when_the_receiver_is_the_limit() {
+        let trace = drive(&mut AutoLevel::new(0, 2), 12, |level| At {
+            secs: 0.3 + 0.05 * level as f64,
+            compress_ms: 2,
+            link_bound: true,
+        });
+        let raw = trace.iter().filter(|&&l| l == 0).count();
+        assert!(raw >= 10, "{trace:?}");
+        assert!(trace[2..9].iter().all(|&l| l == 0), "{trace:?}");
+    }
+
+    /// Each level up saves wire bytes until compression becomes the bottleneck above 5: it
+    /// settles on 5, probing above now and then for one window.
+    #[test]
+    fn auto_level_settles_below_the_cpu_limit() {
+        let link = slow_link(10);
+        let trace = drive(&mut AutoLevel::new(0, 2), 16, |level| match level {
+            ..=5 => link(level),
+            _ => At {
+                secs: 0.5,
+                compress_ms: 60,
+                link_bound: false,
+            },
+        });
+        let at_5 = trace[6..].iter().filter(|&&l| l == 5).count();
+        assert!(at_5 >= 8, "{trace:?}");
+        assert!(
+            trace[6..].windows(2).all(|w| w[0] == 5 || w[1] == 5),
+            "{trace:?}"
+        );
     }
 }

@@ -8,6 +8,10 @@
 //! | [`RAW_BLOCK`] | a slice of the NAR stream, uncompressed |
 //! | [`ZSTD_BLOCK`] | `u32` decompressed length, then one zstd frame of a slice of the NAR stream |
 //!
+//! A zstd frame may refer back into the NAR bytes of the block just before it in the same
+//! transfer (zstd's raw-content prefix): blocks are compressed in parallel, yet matches that
+//! cross a block boundary are not lost. [`BlockDecoder`] keeps that previous block.
+//!
 //! A session starts with [`Request::Hello`] answered by [`Reply::Hello`]; both sides check
 //! [`PROTOCOL_VERSION`]. After [`Request::Receive`] the tool sends the NARs of the listed paths,
 //! concatenated in that order and cut into blocks, with no other frame in between: there is no
@@ -17,12 +21,14 @@
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use zstd::zstd_safe::DCtx;
 
 use crate::store::{PathInfo, StorePath};
 
 /// Bumped whenever a frame or message changes meaning.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 pub const MESSAGE: u8 = 1;
 pub const RAW_BLOCK: u8 = 2;
@@ -147,13 +153,15 @@ pub fn read_frame(input: &mut impl Read, peer: &'static str) -> Result<Option<Fr
         Err(source) => return Err(WireError::Io { peer, source }),
     }
     let (kind, len) = parse_header(h, peer)?;
-    let mut payload = vec![0u8; len];
+    // Read into spare capacity: a block is megabytes, not worth zeroing first.
+    let mut payload = Vec::with_capacity(len);
     input
-        .read_exact(&mut payload)
-        .map_err(|source| match source.kind() {
-            io::ErrorKind::UnexpectedEof => WireError::Closed { peer },
-            _ => WireError::Io { peer, source },
-        })?;
+        .take(len as u64)
+        .read_to_end(&mut payload)
+        .map_err(|source| WireError::Io { peer, source })?;
+    if payload.len() != len {
+        return Err(WireError::Closed { peer });
+    }
     Ok(Some(if kind == MESSAGE {
         Frame::Message(payload)
     } else {
@@ -197,30 +205,61 @@ pub fn write_message(
         .map_err(|source| WireError::Io { peer, source })
 }
 
-/// Decompresses a block frame into NAR bytes.
-pub fn unpack_block(kind: u8, payload: Vec<u8>, peer: &'static str) -> Result<Vec<u8>, WireError> {
-    let bad = |problem: String| WireError::Protocol { peer, problem };
-    match kind {
-        RAW_BLOCK => Ok(payload),
-        ZSTD_BLOCK => {
-            let (len, frame) = payload
-                .split_first_chunk::<4>()
-                .ok_or_else(|| bad("a zstd block without its length".into()))?;
-            let len = u32::from_le_bytes(*len) as usize;
-            if len > MAX_BLOCK {
-                return Err(bad(format!("a block claims {len} bytes, over {MAX_BLOCK}")));
+/// Turns the block frames of one transfer back into NAR bytes, in order. It keeps the previous
+/// block, which the next zstd frame may use as its prefix.
+#[derive(Default)]
+pub struct BlockDecoder {
+    previous: Bytes,
+}
+
+impl BlockDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decodes one block frame from `peer`.
+    pub fn decode(
+        &mut self,
+        kind: u8,
+        payload: Vec<u8>,
+        peer: &'static str,
+    ) -> Result<Bytes, WireError> {
+        let bad = |problem: String| WireError::Protocol { peer, problem };
+        let bytes = match kind {
+            RAW_BLOCK => Bytes::from(payload),
+            ZSTD_BLOCK => {
+                let (len, frame) = payload
+                    .split_first_chunk::<4>()
+                    .ok_or_else(|| bad("a zstd block without its length".into()))?;
+                let len = u32::from_le_bytes(*len) as usize;
+                if len > MAX_BLOCK {
+                    return Err(bad(format!("a block claims {len} bytes, over {MAX_BLOCK}")));
+                }
+                // Decoding into exactly `len` bytes of room: a frame that would grow past its
+                // claim fails instead of allocating.
+                let mut bytes = Vec::with_capacity(len);
+                let mut dctx = DCtx::create();
+                dctx.ref_prefix(&self.previous).map_err(|code| {
+                    bad(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)))
+                })?;
+                dctx.decompress(&mut bytes, frame).map_err(|code| {
+                    bad(format!(
+                        "corrupt zstd block: {}",
+                        zstd::zstd_safe::get_error_name(code)
+                    ))
+                })?;
+                if bytes.len() != len {
+                    return Err(bad(format!(
+                        "a zstd block gave {} bytes, not {len}",
+                        bytes.len()
+                    )));
+                }
+                Bytes::from(bytes)
             }
-            let bytes = zstd::bulk::decompress(frame, len)
-                .map_err(|e| bad(format!("corrupt zstd block: {e}")))?;
-            if bytes.len() != len {
-                return Err(bad(format!(
-                    "a zstd block gave {} bytes, not {len}",
-                    bytes.len()
-                )));
-            }
-            Ok(bytes)
-        }
-        other => Err(bad(format!("expected a NAR block, got frame kind {other}"))),
+            other => return Err(bad(format!("expected a NAR block, got frame kind {other}"))),
+        };
+        self.previous = bytes.clone();
+        Ok(bytes)
     }
 }
 
@@ -244,8 +283,8 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            unpack_block(kind, payload, "tool").unwrap(),
-            b"hello hello hello"
+            BlockDecoder::new().decode(kind, payload, "tool").unwrap(),
+            &b"hello hello hello"[..]
         );
         assert!(read_frame(&mut input, "tool").unwrap().is_none());
     }
@@ -268,7 +307,58 @@ mod tests {
         let block = zstd::bulk::compress(b"abc", 1).unwrap();
         let mut payload = 2u32.to_le_bytes().to_vec();
         payload.extend_from_slice(&block);
-        assert!(unpack_block(ZSTD_BLOCK, payload, "tool").is_err());
-        assert!(unpack_block(ZSTD_BLOCK, vec![1, 0, 0, 0, 42, 42], "tool").is_err());
+        assert!(
+            BlockDecoder::new()
+                .decode(ZSTD_BLOCK, payload, "tool")
+                .is_err()
+        );
+        let garbage = vec![1, 0, 0, 0, 42, 42];
+        assert!(
+            BlockDecoder::new()
+                .decode(ZSTD_BLOCK, garbage, "tool")
+                .is_err()
+        );
+        let too_big = (MAX_BLOCK as u32 + 1).to_le_bytes().to_vec();
+        assert!(
+            BlockDecoder::new()
+                .decode(ZSTD_BLOCK, too_big, "tool")
+                .is_err()
+        );
+        assert!(BlockDecoder::new().decode(MESSAGE, vec![], "tool").is_err());
+    }
+
+    /// A zstd block compressed against the block before it decodes only after that block.
+    #[test]
+    fn zstd_blocks_refer_to_the_previous_block() {
+        use zstd::zstd_safe::CCtx;
+        let first: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i * 7919).to_le_bytes())
+            .collect();
+        let second = first.clone();
+        let mut cctx = CCtx::create();
+        cctx.ref_prefix(&first).unwrap();
+        let mut compressed = Vec::with_capacity(zstd::zstd_safe::compress_bound(second.len()));
+        cctx.compress2(&mut compressed, &second).unwrap();
+        drop(cctx);
+        assert!(
+            compressed.len() < 1000,
+            "the prefix is used: {}",
+            compressed.len()
+        );
+        let mut payload = (second.len() as u32).to_le_bytes().to_vec();
+        payload.extend_from_slice(&compressed);
+
+        let mut decoder = BlockDecoder::new();
+        assert_eq!(decoder.decode(RAW_BLOCK, first, "tool").unwrap(), second);
+        assert_eq!(
+            decoder.decode(ZSTD_BLOCK, payload.clone(), "tool").unwrap(),
+            second
+        );
+        // Without the previous block the frame cannot be decoded.
+        assert!(
+            BlockDecoder::new()
+                .decode(ZSTD_BLOCK, payload, "tool")
+                .is_err()
+        );
     }
 }
