@@ -1,7 +1,9 @@
+use std::fs::File;
 use std::io::{self, BufReader, BufWriter, IsTerminal, Write};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -68,6 +70,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Copy(args) => copy_command(args)?,
         Command::Agent => {
+            // Marks this build's file as in use, so that another build's upload leaves it be.
+            if let Ok(exe) = std::env::current_exe() {
+                let _ = File::open(exe).and_then(|f| f.set_modified(SystemTime::now()));
+            }
             // The raw descriptors: the agent buffers by itself, and reads on its own thread.
             let stdin = std::fs::File::from(io::stdin().as_fd().try_clone_to_owned()?);
             let stdout = std::fs::File::from(io::stdout().as_fd().try_clone_to_owned()?);

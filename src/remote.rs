@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::client::{AgentClient, ClientError};
-use crate::ssh::{ExecExit, ExecStdin, ExecStdout, Session, SshError, shell_quote};
+use sha2::{Digest, Sha256};
+
+use crate::ssh::{ExecExit, ExecStdin, ExecStdout, ExitInfo, Session, SshError, shell_quote};
 
 /// Directories tried for the agent, in order: a tmpfs on every systemd machine and on the
 /// NixOS installer first, then a per-user temporary directory.
@@ -41,41 +43,90 @@ pub fn agent_binary() -> Result<PathBuf, RemoteError> {
     }
 }
 
-/// Uploads `binary` to the target (unless it is there already) and starts it as the agent.
+/// Exit statuses of the start script: no agent of this build yet (its directory on stderr),
+/// and no usable directory.
+const NEEDS_UPLOAD: u32 = 42;
+const NO_DIR: u32 = 43;
+
+/// Starts `binary` on the target as the agent, uploading it first unless it is there already.
+///
+/// The agent's file is named by its SHA-256 in a directory only this user may write to, and an
+/// upload lands under a temporary name that is renamed only once its hash checked out: a file by
+/// that name is this build. So when it is there (every run but the first after a rebuild), one
+/// exec both finds it and starts it: no round trip for a hash check.
 pub async fn start_agent(session: &Session, binary: &Path) -> Result<Agent, RemoteError> {
-    let pick = format!(
-        "for d in {AGENT_DIRS}; do mkdir -p \"$d\" 2>/dev/null && [ -w \"$d\" ] && echo \"$d\" && exit 0; done; exit 1"
+    let name = agent_name(binary).await?;
+    let start = format!(
+        r#"for d in {AGENT_DIRS}; do
+  mkdir -p "$d" 2>/dev/null && [ -O "$d" ] && chmod 700 "$d" 2>/dev/null || continue
+  [ -x "$d/{name}" ] && exec "$d/{name}" agent
+  echo "$d" >&2; exit {NEEDS_UPLOAD}
+done
+exit {NO_DIR}"#
     );
-    let out = session.run(&pick, b"").await?;
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if !out.success() || dir.is_empty() {
-        return Err(RemoteError::NoAgentDir);
+    let dir = match run_agent(session, &start).await? {
+        Started(agent) => {
+            tracing::info!("reusing the agent at {}", session.target());
+            return Ok(agent);
+        }
+        Ended(info) if info.status == Some(NEEDS_UPLOAD) => {
+            String::from_utf8_lossy(&info.stderr).trim().to_owned()
+        }
+        Ended(info) if info.status == Some(NO_DIR) => return Err(RemoteError::NoAgentDir),
+        Ended(info) => return Err(start_failed(info)),
+    };
+    let remote = format!("{dir}/{name}");
+    session.upload(binary, &remote).await?;
+    // Other builds' agents unused for an hour (each agent touches its file when it starts): a
+    // few MiB each, in RAM on an installer.
+    let tidy = format!(
+        "find {dir} -maxdepth 1 -name 'nixos-anywhere-rs*' ! -name '*.tmp.*' ! -name {name} -mmin +60 -exec rm -f {{}} +",
+        dir = shell_quote(&dir),
+    );
+    let _ = session.run(&tidy, b"").await;
+    tracing::info!("uploaded the agent to {}:{remote}", session.target());
+    match run_agent(session, &format!("exec {} agent", shell_quote(&remote))).await? {
+        Started(agent) => Ok(agent),
+        Ended(info) => Err(start_failed(info)),
     }
-    let remote = format!("{dir}/nixos-anywhere-rs");
-    let uploaded = session.upload(binary, &remote).await?;
-    tracing::info!(
-        "{} the agent at {}:{remote}",
-        if uploaded { "uploaded" } else { "reusing" },
-        session.target()
-    );
-    let exec = session
-        .exec(&format!("{} agent", shell_quote(&remote)))
-        .await?;
+}
+
+/// The agent's file name for `binary`: by its content.
+async fn agent_name(binary: &Path) -> Result<String, RemoteError> {
+    let path = binary.to_owned();
+    let hash = tokio::task::spawn_blocking(move || std::fs::read(&path).map(Sha256::digest))
+        .await
+        .map_err(|e| RemoteError::SelfPath(std::io::Error::other(e)))?
+        .map_err(RemoteError::SelfPath)?;
+    let hex = data_encoding::HEXLOWER.encode(&hash);
+    Ok(format!("nixos-anywhere-rs-{}", &hex[..32]))
+}
+
+enum Launch {
+    Started(Agent),
+    /// The command ended without greeting (the start script's verdict, or a failure).
+    Ended(ExitInfo),
+}
+use Launch::{Ended, Started};
+
+/// Runs `command`, which should exec the agent, and greets it.
+async fn run_agent(session: &Session, command: &str) -> Result<Launch, RemoteError> {
+    let exec = session.exec(command).await?;
     match AgentClient::connect(exec.stdout, exec.stdin).await {
-        Ok(client) => Ok(Agent {
+        Ok(client) => Ok(Started(Agent {
             client,
             exit: exec.exit,
-        }),
+        })),
         // An agent that cannot start (wrong architecture, missing loader) says why on stderr.
-        Err(ClientError::Wire(_)) => {
-            let info = exec.exit.wait().await?;
-            let stderr = String::from_utf8_lossy(&info.stderr).into_owned();
-            Err(RemoteError::AgentStart {
-                status: info.describe(),
-                stderr,
-            })
-        }
+        Err(ClientError::Wire(_)) => Ok(Ended(exec.exit.wait().await?)),
         Err(e) => Err(e.into()),
+    }
+}
+
+fn start_failed(info: ExitInfo) -> RemoteError {
+    RemoteError::AgentStart {
+        status: info.describe(),
+        stderr: String::from_utf8_lossy(&info.stderr).into_owned(),
     }
 }
 

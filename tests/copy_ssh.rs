@@ -209,3 +209,55 @@ fn a_target_that_cannot_be_reached_or_authenticated_is_a_clear_error() {
         "nothing may happen on the target"
     );
 }
+
+/// The agent is uploaded once per build, under a name made of its SHA-256, and started with no
+/// further round trip after that; an upload clears other builds' agents unused for an hour.
+#[test]
+fn the_agent_is_uploaded_once_per_build() {
+    use sha2::{Digest, Sha256};
+    use std::time::SystemTime;
+
+    let sshd = Sshd::start();
+    let top = closure("small");
+    let dir = tempfile::tempdir().unwrap();
+    // A build of its own: the same executable with bytes appended (ELF ignores them).
+    let agent = dir.path().join("agent");
+    let mut bytes = std::fs::read(BIN).unwrap();
+    bytes.extend_from_slice(format!("\nagent test {:?}\n", SystemTime::now()).as_bytes());
+    std::fs::write(&agent, &bytes).unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let hex = data_encoding::HEXLOWER.encode(&Sha256::digest(&bytes));
+    let remote_dir = Path::new("/run/nixos-anywhere-rs");
+    let uploaded = remote_dir.join(format!("nixos-anywhere-rs-{}", &hex[..32]));
+
+    std::fs::create_dir_all(remote_dir).unwrap();
+    let stale = remote_dir.join(format!("nixos-anywhere-rs-{}", "0".repeat(32)));
+    let recent = remote_dir.join(format!("nixos-anywhere-rs-{}", "f".repeat(32)));
+    for (file, age) in [(&stale, 7200), (&recent, 60)] {
+        let f = File::create(file).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(age))
+            .unwrap();
+    }
+
+    let run = |root: &Path| {
+        let out = copy_command(&sshd, root, &top, &[])
+            .env("NIXOS_ANYWHERE_RS_AGENT", &agent)
+            .output()
+            .unwrap();
+        assert_ok(&out, &sshd);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let first = run(&dir.path().join("root"));
+    assert!(first.contains("uploaded the agent"), "{first}");
+    assert!(uploaded.exists());
+    assert!(!stale.exists(), "an agent unused for two hours is removed");
+    assert!(recent.exists(), "an agent used a minute ago is kept");
+
+    let second = run(&dir.path().join("other-root"));
+    assert!(second.contains("reusing the agent"), "{second}");
+    assert!(!second.contains("uploaded"), "{second}");
+
+    for file in [&uploaded, &recent] {
+        std::fs::remove_file(file).unwrap();
+    }
+}
