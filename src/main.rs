@@ -76,6 +76,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             // The raw descriptors: the agent buffers by itself, and reads on its own thread.
             let stdin = std::fs::File::from(io::stdin().as_fd().try_clone_to_owned()?);
+            // sshd writes the channel into this pipe 32 KiB at a time; a deeper pipe means
+            // fewer wake-ups on both sides (best effort: it may be a socket, or the limit lower).
+            let _ = rustix::pipe::fcntl_setpipe_size(&stdin, 1 << 20);
             let stdout = std::fs::File::from(io::stdout().as_fd().try_clone_to_owned()?);
             nixos_anywhere_rs::agent::serve(stdin, BufWriter::new(stdout))?;
         }
