@@ -84,8 +84,12 @@ pub async fn send_nars<W: AsyncWrite + Unpin>(
     out: &mut W,
     mut on_block: impl FnMut(u64, u64),
 ) -> Result<SendStats, SendError> {
-    // `auto` starts uncompressed: the first window measures the link as it is.
-    let level_index = Arc::new(AtomicUsize::new(0));
+    // `auto` starts at level 1, which pays on any link slower than ~100 MiB/s.
+    let start = match compression {
+        Compression::Auto => AutoLevel::START,
+        _ => 0,
+    };
+    let level_index = Arc::new(AtomicUsize::new(start));
     let fixed_level = match compression {
         Compression::Level(n) => Some(n),
         Compression::None => Some(0),
@@ -110,7 +114,7 @@ pub async fn send_nars<W: AsyncWrite + Unpin>(
 
     let mut stats = SendStats::default();
     let threads = rayon::current_num_threads();
-    let mut auto = (compression == Compression::Auto).then(|| AutoLevel::new(0, threads));
+    let mut auto = (compression == Compression::Auto).then(|| AutoLevel::new(start, threads));
     loop {
         let waiting = Instant::now();
         let Some(pending) = blocks_rx.recv().await else {
@@ -287,11 +291,12 @@ fn compress(nar: &[u8], previous: Option<&[u8]>, level: i32) -> Option<Vec<u8>> 
 /// Chooses the zstd level while sending: the highest level that keeps the link full, and none
 /// where compressing only costs.
 ///
-/// It looks at windows of blocks. While the writer waits for the channel and the wire carries
-/// about as much as it did at its best lately, the link is the bottleneck: fewer bytes on it
-/// move more NAR, so it climbs, as long as the compression pool (timed per block) could still do
-/// at least twice the rate reached (two steps when it could do far more, so a slow link gets a
-/// high level within seconds). It steps down, and avoids the level it left for
+/// It starts at level 1 and looks at windows of blocks. While the writer waits for the channel
+/// and the wire carries about as much as it did at its best lately, the link is the bottleneck:
+/// fewer bytes on it move more NAR, so it climbs, as long as the compression pool (timed per
+/// block) could still do at least twice the rate reached (more steps when it could do far more,
+/// so a slow link gets a high level within seconds). Where the wire moves faster than a gigabit
+/// link can ([`AutoLevel::FAST_WIRE`]), it first tries sending raw once. It steps down, and avoids the level it left for
 /// [`AutoLevel::REMEMBER`] windows, when the writer waits for compressed blocks (the pool is the
 /// bottleneck) or when the wire carries clearly less than it did at a lower level: then the
 /// receiver, not the link, set the pace (loopback, or a fast link to a slow machine), and
@@ -329,12 +334,17 @@ struct Window {
 }
 
 impl AutoLevel {
-    const WINDOW_BLOCKS: u32 = 8;
+    /// The ladder index `auto` starts at: level 1.
+    const START: usize = 1;
+    const WINDOW_BLOCKS: u32 = 4;
     const WINDOW_TIME: Duration = Duration::from_millis(300);
     /// Windows a measurement or an avoided level counts for.
     const REMEMBER: u32 = 8;
     /// The link is full while the wire carries at least this share of its recent best.
     const FULL: f64 = 0.85;
+    /// A wire this fast (bytes per second, beyond a gigabit link) may carry more raw than the
+    /// compressed stream the sender's CPU can make: worth one raw window to find out.
+    const FAST_WIRE: f64 = 128.0 * 1024.0 * 1024.0;
     /// A level is slower than another when its NAR rate is lower by more than this share.
     const MARGIN: f64 = 0.03;
 
@@ -396,22 +406,27 @@ impl AutoLevel {
             .fold(wire_rate, f64::max);
         let link_full = wire_rate >= Self::FULL * best_wire;
         let next = if link_bound && link_full {
-            let steps = match pool_rate {
+            let steps = match pool_rate.map(|p| p / nar_rate) {
                 None => 1,
-                Some(p) if p >= 8.0 * nar_rate => 2,
-                Some(p) if p >= 2.0 * nar_rate => 1,
+                Some(headroom) if headroom >= 32.0 => 3,
+                Some(headroom) if headroom >= 8.0 => 2,
+                Some(headroom) if headroom >= 2.0 => 1,
                 Some(_) => 0,
             };
             let avoided =
                 |i: usize| self.avoided[i].is_some_and(|at| windows - at < Self::REMEMBER);
             let slower =
                 |i: usize| recent(i).is_some_and(|m| m.nar_rate < nar_rate * (1.0 - Self::MARGIN));
-            // The furthest step up neither avoided nor measured slower lately.
-            (1..=steps)
-                .rev()
-                .map(|k| (current + k).min(LADDER.len() - 1))
-                .find(|&i| i != current && !avoided(i) && !slower(i))
-                .unwrap_or(current)
+            if current == 1 && wire_rate >= Self::FAST_WIRE && recent(0).is_none() && !avoided(0) {
+                0
+            } else {
+                // The furthest step up neither avoided nor measured slower lately.
+                (1..=steps)
+                    .rev()
+                    .map(|k| (current + k).min(LADDER.len() - 1))
+                    .find(|&i| i != current && !avoided(i) && !slower(i))
+                    .unwrap_or(current)
+            }
         } else if current > 0 {
             self.avoided[current] = Some(windows);
             current - 1
@@ -511,12 +526,11 @@ mod tests {
         }
     }
 
-    /// How a simulated transfer behaves at a level: seconds per [`AutoLevel::WINDOW_BLOCKS`]
-    /// blocks of 1 MiB, milliseconds to compress one, and whether the writer waits for the
-    /// link (else for blocks).
+    /// How a simulated transfer behaves at a level: its NAR rate, milliseconds to compress a
+    /// block of 1 MiB, and whether the writer waits for the link (else for blocks).
     #[derive(Clone, Copy)]
     struct At {
-        secs: f64,
+        mib_per_s: f64,
         compress_ms: u64,
         link_bound: bool,
     }
@@ -530,98 +544,107 @@ mod tests {
         }
     }
 
-    /// Feeds `windows` times [`AutoLevel::WINDOW_BLOCKS`] blocks as `at(level)` says for the
-    /// level `auto` is at; returns the level after each group.
-    fn drive(auto: &mut AutoLevel, windows: usize, at: impl Fn(i32) -> At) -> Vec<i32> {
-        let mut now = Instant::now();
+    /// Feeds `seconds` of 1 MiB blocks as `at(level)` says for the level `auto` is at; returns
+    /// the level at the end of each second.
+    fn drive(auto: &mut AutoLevel, seconds: usize, at: impl Fn(i32) -> At) -> Vec<i32> {
+        let start = Instant::now();
+        let mut now = start;
         let ms = Duration::from_millis;
         let mut trace = Vec::new();
-        for _ in 0..windows {
-            for _ in 0..AutoLevel::WINDOW_BLOCKS {
-                let level = LADDER[auto.index];
-                let At {
-                    secs,
-                    compress_ms,
-                    link_bound,
-                } = at(level);
-                now += Duration::from_secs_f64(secs / AutoLevel::WINDOW_BLOCKS as f64);
-                let (for_block, for_link) = if link_bound { (0, 20) } else { (20, 0) };
-                let times = BlockTimes {
-                    nar_bytes: 1 << 20,
-                    wire_bytes: ((1 << 20) as f64 / ratio(level)) as u64,
-                    compress_time: ms(if level == 0 { 0 } else { compress_ms }),
-                    waited_for_block: ms(for_block),
-                    waited_for_link: ms(for_link),
-                };
-                auto.observe(now, level, times);
+        while trace.len() < seconds {
+            let level = LADDER[auto.index];
+            let At {
+                mib_per_s,
+                compress_ms,
+                link_bound,
+            } = at(level);
+            now += Duration::from_secs_f64(1.0 / mib_per_s);
+            let (for_block, for_link) = if link_bound { (0, 20) } else { (20, 0) };
+            let times = BlockTimes {
+                nar_bytes: 1 << 20,
+                wire_bytes: ((1 << 20) as f64 / ratio(level)) as u64,
+                compress_time: ms(if level == 0 { 0 } else { compress_ms }),
+                waited_for_block: ms(for_block),
+                waited_for_link: ms(for_link),
+            };
+            auto.observe(now, level, times);
+            if now.duration_since(start).as_secs() as usize > trace.len() {
+                trace.push(LADDER[auto.index]);
             }
-            trace.push(LADDER[auto.index]);
         }
         trace
     }
 
-    /// A link that carries 16 MiB/s whatever the level, with `compress_ms` per block.
-    fn slow_link(compress_ms: u64) -> impl Fn(i32) -> At {
+    /// A link that carries `wire` MiB/s whatever the level, with `compress_ms` per block.
+    fn link(wire: f64, compress_ms: u64) -> impl Fn(i32) -> At {
         move |level| At {
-            secs: 0.5 / ratio(level),
+            mib_per_s: wire * ratio(level),
             compress_ms,
             link_bound: true,
         }
     }
 
+    fn auto() -> AutoLevel {
+        AutoLevel::new(AutoLevel::START, 2)
+    }
+
     #[test]
     fn auto_level_follows_the_bottleneck() {
         let top = *LADDER.last().unwrap();
-        // A slow link and cheap compression (2 ms a block: two threads could do 1000 MiB/s):
-        // it climbs to the top within a few windows and stays.
-        let trace = drive(&mut AutoLevel::new(0, 2), 8, slow_link(2));
-        assert_eq!(trace[4..], [top; 4], "{trace:?}");
+        // A 100 Mbit/s link and cheap compression (2 ms a block: two threads could do 1000
+        // MiB/s): it climbs to the top within seconds and stays.
+        let trace = drive(&mut auto(), 12, link(11.5, 2));
+        assert_eq!(trace[4..], [top; 8], "{trace:?}");
         // Link-bound, but compression could barely keep up (40 ms a block: 50 MiB/s with two
-        // threads, 30 MiB/s reached): it stays.
-        assert_eq!(drive(&mut AutoLevel::new(1, 2), 4, slow_link(40)), [1; 4]);
+        // threads, 44 MiB/s reached): it stays at 1, and does not try raw on a link this slow.
+        assert_eq!(drive(&mut auto(), 6, link(23.0, 40)), [1; 6]);
         // CPU-bound: it descends to uncompressed.
         let cpu = At {
-            secs: 0.5,
+            mib_per_s: 50.0,
             compress_ms: 2,
             link_bound: false,
         };
-        let trace = drive(&mut AutoLevel::new(3, 2), 4, |_| cpu);
-        assert_eq!(trace.last(), Some(&0), "{trace:?}");
+        let trace = drive(&mut AutoLevel::new(3, 2), 6, |_| cpu);
+        assert_eq!(trace[2..], [0; 4], "{trace:?}");
     }
 
     /// The writer waits for the channel, but compressed blocks go slower than raw ones: the
-    /// receiver's CPU is the limit, as on loopback. It goes back to raw and stays there,
-    /// trying level 1 again only once that is old news.
+    /// receiver's CPU is the limit, as on loopback. It tries raw, stays there, and tries level
+    /// 1 again only once that is old news.
     #[test]
     fn auto_level_sends_raw_when_the_receiver_is_the_limit() {
-        let trace = drive(&mut AutoLevel::new(0, 2), 12, |level| At {
-            secs: 0.3 + 0.05 * level as f64,
+        let trace = drive(&mut auto(), 12, |level| At {
+            mib_per_s: 500.0 - 100.0 * level.min(1) as f64 - 20.0 * level as f64,
             compress_ms: 2,
             link_bound: true,
         });
         let raw = trace.iter().filter(|&&l| l == 0).count();
         assert!(raw >= 10, "{trace:?}");
-        assert!(trace[2..9].iter().all(|&l| l == 0), "{trace:?}");
+    }
+
+    /// On a gigabit link (~110 MiB/s of wire) it does not try raw: compression doubles the
+    /// NAR rate there.
+    #[test]
+    fn auto_level_compresses_on_a_gigabit_link() {
+        let trace = drive(&mut auto(), 12, link(110.0, 2));
+        assert!(!trace.contains(&0), "{trace:?}");
+        assert!(trace[4..].iter().all(|&l| l >= 3), "{trace:?}");
     }
 
     /// Each level up saves wire bytes until compression becomes the bottleneck above 5: it
     /// settles on 5, probing above now and then for one window.
     #[test]
     fn auto_level_settles_below_the_cpu_limit() {
-        let link = slow_link(10);
-        let trace = drive(&mut AutoLevel::new(0, 2), 16, |level| match level {
-            ..=5 => link(level),
+        let slow = link(16.0, 10);
+        let trace = drive(&mut auto(), 20, |level| match level {
+            ..=5 => slow(level),
             _ => At {
-                secs: 0.5,
+                mib_per_s: 30.0,
                 compress_ms: 60,
                 link_bound: false,
             },
         });
         let at_5 = trace[6..].iter().filter(|&&l| l == 5).count();
-        assert!(at_5 >= 8, "{trace:?}");
-        assert!(
-            trace[6..].windows(2).all(|w| w[0] == 5 || w[1] == 5),
-            "{trace:?}"
-        );
+        assert!(at_5 >= 11, "{trace:?}");
     }
 }
