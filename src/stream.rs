@@ -291,16 +291,17 @@ fn compress(nar: &[u8], previous: Option<&[u8]>, level: i32) -> Option<Vec<u8>> 
 /// Chooses the zstd level while sending: the highest level that keeps the link full, and none
 /// where compressing only costs.
 ///
-/// It starts at level 1 and looks at windows of blocks. While the writer waits for the channel
-/// and the wire carries about as much as it did at its best lately, the link is the bottleneck:
-/// fewer bytes on it move more NAR, so it climbs, as long as the compression pool (timed per
-/// block) could still do at least twice the rate reached (more steps when it could do far more,
-/// so a slow link gets a high level within seconds). Where the wire moves faster than a gigabit
-/// link can ([`AutoLevel::FAST_WIRE`]), it first tries sending raw once. It steps down, and avoids the level it left for
-/// [`AutoLevel::REMEMBER`] windows, when the writer waits for compressed blocks (the pool is the
-/// bottleneck) or when the wire carries clearly less than it did at a lower level: then the
-/// receiver, not the link, set the pace (loopback, or a fast link to a slow machine), and
-/// compressing only adds work.
+/// It starts at level 1 and looks at windows of blocks (the first one, a burst into empty
+/// buffers, only warms up). While the writer waits for the channel and the wire carries about
+/// as much as it did at the lower levels lately, the link is the bottleneck: fewer bytes on it
+/// move more NAR, so it climbs, as long as the compression pool (timed per block) could still
+/// do at least twice the rate reached (more steps when it could do far more, so a slow link
+/// gets a high level within seconds). Where the wire moves faster than a gigabit link can
+/// ([`AutoLevel::FAST_WIRE`]), it first tries sending raw once. It steps down, and avoids the
+/// level it left for [`AutoLevel::REMEMBER`] windows, when the writer waits for compressed
+/// blocks (the pool is the bottleneck) or when the wire carries clearly less than it did at a
+/// lower level: then the receiver, not the link, set the pace (loopback, or a fast link to a
+/// slow machine), and compressing only adds work.
 struct AutoLevel {
     index: usize,
     window: Window,
@@ -392,6 +393,10 @@ impl AutoLevel {
         };
         self.window = Window::default();
         self.windows += 1;
+        if self.windows == 1 {
+            // The first window is a burst into empty buffers (socket, SSH window), not the link.
+            return None;
+        }
         let current = self.index;
         self.measured[current] = Some(Measured {
             nar_rate,
@@ -401,10 +406,10 @@ impl AutoLevel {
 
         let windows = self.windows;
         let recent = |i: usize| self.measured[i].filter(|m| windows - m.window < Self::REMEMBER);
-        let best_wire = (0..LADDER.len())
+        let best_wire_below = (0..current)
             .filter_map(|i| recent(i).map(|m| m.wire_rate))
             .fold(wire_rate, f64::max);
-        let link_full = wire_rate >= Self::FULL * best_wire;
+        let link_full = wire_rate >= Self::FULL * best_wire_below;
         let next = if link_bound && link_full {
             let steps = match pool_rate.map(|p| p / nar_rate) {
                 None => 1,
@@ -629,6 +634,28 @@ mod tests {
         let trace = drive(&mut auto(), 12, link(110.0, 2));
         assert!(!trace.contains(&0), "{trace:?}");
         assert!(trace[4..].iter().all(|&l| l >= 3), "{trace:?}");
+    }
+
+    /// The first 40 MiB fill empty buffers (socket, SSH window) at four times the link's
+    /// rate: that burst does not count as the link, and later windows at higher levels are not
+    /// taken for a link left idle.
+    #[test]
+    fn auto_level_ignores_the_first_burst() {
+        let blocks = std::cell::Cell::new(0);
+        let steady = link(11.5, 2);
+        let trace = drive(&mut auto(), 12, |level| {
+            blocks.set(blocks.get() + 1);
+            let at = steady(level);
+            match blocks.get() {
+                ..=40 => At {
+                    mib_per_s: 4.0 * at.mib_per_s,
+                    ..at
+                },
+                _ => at,
+            }
+        });
+        assert!(!trace.contains(&0), "{trace:?}");
+        assert_eq!(trace[4..], [*LADDER.last().unwrap(); 8], "{trace:?}");
     }
 
     /// Each level up saves wire bytes until compression becomes the bottleneck above 5: it
