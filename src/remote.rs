@@ -47,6 +47,8 @@ pub fn agent_binary() -> Result<PathBuf, RemoteError> {
 /// and no usable directory.
 const NEEDS_UPLOAD: u32 = 42;
 const NO_DIR: u32 = 43;
+/// Prefixes the directory the start script reports on stderr.
+const DIR_MARKER: &str = "nixos-anywhere-rs agent directory: ";
 
 /// Starts `binary` on the target as the agent, uploading it first unless it is there already.
 ///
@@ -60,7 +62,7 @@ pub async fn start_agent(session: &Session, binary: &Path) -> Result<Agent, Remo
         r#"for d in {AGENT_DIRS}; do
   mkdir -p "$d" 2>/dev/null && [ -O "$d" ] && chmod 700 "$d" 2>/dev/null || continue
   [ -x "$d/{name}" ] && exec "$d/{name}" agent
-  echo "$d" >&2; exit {NEEDS_UPLOAD}
+  echo "{DIR_MARKER}$d" >&2; exit {NEEDS_UPLOAD}
 done
 exit {NO_DIR}"#
     );
@@ -70,7 +72,12 @@ exit {NO_DIR}"#
             return Ok(agent);
         }
         Ended(info) if info.status == Some(NEEDS_UPLOAD) => {
-            String::from_utf8_lossy(&info.stderr).trim().to_owned()
+            // Marked: the server may write its own lines there (sshd's `LogLevel DEBUG`).
+            let stderr = String::from_utf8_lossy(&info.stderr);
+            match stderr.lines().find_map(|l| l.strip_prefix(DIR_MARKER)) {
+                Some(dir) => dir.to_owned(),
+                None => return Err(start_failed(info)),
+            }
         }
         Ended(info) if info.status == Some(NO_DIR) => return Err(RemoteError::NoAgentDir),
         Ended(info) => return Err(start_failed(info)),

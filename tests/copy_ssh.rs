@@ -212,12 +212,14 @@ fn a_target_that_cannot_be_reached_or_authenticated_is_a_clear_error() {
 
 /// The agent is uploaded once per build, under a name made of its SHA-256, and started with no
 /// further round trip after that; an upload clears other builds' agents unused for an hour.
+/// The server here writes its own debug lines into each session's stderr, as sshd does at
+/// `LogLevel DEBUG1`.
 #[test]
 fn the_agent_is_uploaded_once_per_build() {
     use sha2::{Digest, Sha256};
     use std::time::SystemTime;
 
-    let sshd = Sshd::start();
+    let sshd = Sshd::start_with("LogLevel DEBUG1\n");
     let top = closure("small");
     let dir = tempfile::tempdir().unwrap();
     // A build of its own: the same executable with bytes appended (ELF ignores them).

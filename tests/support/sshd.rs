@@ -18,6 +18,8 @@ pub struct Sshd {
     child: Option<Child>,
     /// A private key whose public half is authorized.
     pub client_key: PathBuf,
+    /// Configuration lines before the defaults (sshd takes a keyword's first value).
+    extra: String,
 }
 
 /// Runs a program that must succeed, with a message naming it otherwise.
@@ -62,6 +64,11 @@ fn free_port() -> u16 {
 impl Sshd {
     /// Starts a fresh server. Panics with a pointer to `scripts/setup` when sshd is missing.
     pub fn start() -> Sshd {
+        Self::start_with("")
+    }
+
+    /// Starts a fresh server with `extra` lines in its configuration.
+    pub fn start_with(extra: &str) -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} not found: run scripts/setup (it installs openssh-server)"
@@ -81,6 +88,7 @@ impl Sshd {
             port: 0,
             child: None,
             client_key,
+            extra: extra.to_owned(),
         };
         for _ in 0..10 {
             sshd.port = free_port();
@@ -142,7 +150,8 @@ impl Sshd {
     fn spawn(&mut self) -> bool {
         let d = self.dir.path();
         let config = format!(
-            "Port {port}\n\
+            "{extra}\
+             Port {port}\n\
              ListenAddress 127.0.0.1\n\
              HostKey {d}/host_key\n\
              PidFile {d}/sshd.pid\n\
@@ -157,7 +166,8 @@ impl Sshd {
              MaxStartups 64\n\
              LogLevel VERBOSE\n",
             port = self.port,
-            d = d.display()
+            d = d.display(),
+            extra = self.extra,
         );
         fs::write(d.join("sshd_config"), config).unwrap();
         let log = fs::File::create(d.join("sshd.log")).unwrap();
