@@ -420,16 +420,22 @@ impl AutoLevel {
             };
             let avoided =
                 |i: usize| self.avoided[i].is_some_and(|at| windows - at < Self::REMEMBER);
-            let slower =
-                |i: usize| recent(i).is_some_and(|m| m.nar_rate < nar_rate * (1.0 - Self::MARGIN));
+            // Measured lately at `i`: a lower NAR rate, or a wire clearly emptier than now (then
+            // the link was not what held it back there).
+            let worse = |i: usize| {
+                recent(i).is_some_and(|m| {
+                    m.nar_rate < nar_rate * (1.0 - Self::MARGIN)
+                        || m.wire_rate < Self::FULL * wire_rate
+                })
+            };
             if current == 1 && wire_rate >= Self::FAST_WIRE && recent(0).is_none() && !avoided(0) {
                 0
             } else {
-                // The furthest step up neither avoided nor measured slower lately.
+                // The furthest step up neither avoided nor measured worse lately.
                 (1..=steps)
                     .rev()
                     .map(|k| (current + k).min(LADDER.len() - 1))
-                    .find(|&i| i != current && !avoided(i) && !slower(i))
+                    .find(|&i| i != current && !avoided(i) && !worse(i))
                     .unwrap_or(current)
             }
         } else if current > 0 {
@@ -625,6 +631,43 @@ mod tests {
         });
         let raw = trace.iter().filter(|&&l| l == 0).count();
         assert!(raw >= 10, "{trace:?}");
+    }
+
+    /// Content sets the pace too: the raw window may move fewer NAR bytes than the level-1
+    /// window before it, yet the wire carried far more raw, so level 1 was not the link's
+    /// limit and it stays raw.
+    #[test]
+    fn auto_level_weighs_the_wire_not_only_the_nar_rate() {
+        let mut auto = auto();
+        let mut now = Instant::now();
+        let mut window = |auto: &mut AutoLevel, nar_mib_s: f64, wire_mib_s: f64| {
+            let level = LADDER[auto.index];
+            let mut next = None;
+            // 40 blocks of 4 MiB: more than a window's blocks and time.
+            for _ in 0..40 {
+                now += Duration::from_secs_f64(4.0 / nar_mib_s);
+                let times = BlockTimes {
+                    nar_bytes: 4 << 20,
+                    wire_bytes: (4.0 * wire_mib_s / nar_mib_s * (1 << 20) as f64) as u64,
+                    compress_time: Duration::from_millis(if level == 0 { 0 } else { 6 }),
+                    waited_for_block: Duration::ZERO,
+                    waited_for_link: Duration::from_millis(5),
+                };
+                next = auto.observe(now, level, times).or(next);
+            }
+            LADDER[next.unwrap_or(auto.index)]
+        };
+        window(&mut auto, 460.0, 240.0); // warm-up
+        assert_eq!(
+            window(&mut auto, 460.0, 240.0),
+            0,
+            "level 1 at 240 MiB/s: try raw"
+        );
+        assert_eq!(
+            window(&mut auto, 420.0, 420.0),
+            0,
+            "raw: slower NAR, far fuller wire"
+        );
     }
 
     /// On a gigabit link (~110 MiB/s of wire) it does not try raw: compression doubles the
