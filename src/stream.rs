@@ -341,7 +341,8 @@ impl AutoLevel {
     const WINDOW_TIME: Duration = Duration::from_millis(300);
     /// Windows a measurement or an avoided level counts for.
     const REMEMBER: u32 = 8;
-    /// The link is full while the wire carries at least this share of its recent best.
+    /// The link is full while the wire carries at least this share of what it carried at lower
+    /// levels lately.
     const FULL: f64 = 0.85;
     /// A wire this fast (bytes per second, beyond a gigabit link) may carry more raw than the
     /// compressed stream the sender's CPU can make: worth one raw window to find out.
@@ -397,20 +398,41 @@ impl AutoLevel {
             // The first window is a burst into empty buffers (socket, SSH window), not the link.
             return None;
         }
-        let current = self.index;
-        self.measured[current] = Some(Measured {
+        self.measured[self.index] = Some(Measured {
             nar_rate,
             wire_rate,
             window: self.windows,
         });
+        let next = self.next_index(nar_rate, wire_rate, link_bound, pool_rate);
+        (next != self.index).then(|| {
+            tracing::debug!(
+                from = LADDER[self.index],
+                to = LADDER[next],
+                nar_rate,
+                wire_rate,
+                link_bound,
+                "zstd level"
+            );
+            self.index = next;
+            next
+        })
+    }
 
-        let windows = self.windows;
+    /// Where to go from the current level, given the window just measured there.
+    fn next_index(
+        &mut self,
+        nar_rate: f64,
+        wire_rate: f64,
+        link_bound: bool,
+        pool_rate: Option<f64>,
+    ) -> usize {
+        let (current, windows) = (self.index, self.windows);
         let recent = |i: usize| self.measured[i].filter(|m| windows - m.window < Self::REMEMBER);
         let best_wire_below = (0..current)
             .filter_map(|i| recent(i).map(|m| m.wire_rate))
             .fold(wire_rate, f64::max);
         let link_full = wire_rate >= Self::FULL * best_wire_below;
-        let next = if link_bound && link_full {
+        if link_bound && link_full {
             let steps = match pool_rate.map(|p| p / nar_rate) {
                 None => 1,
                 Some(headroom) if headroom >= 32.0 => 3,
@@ -428,7 +450,8 @@ impl AutoLevel {
                         || m.wire_rate < Self::FULL * wire_rate
                 })
             };
-            if current == 1 && wire_rate >= Self::FAST_WIRE && recent(0).is_none() && !avoided(0) {
+            let probe_raw = LADDER[current] == 1 && wire_rate >= Self::FAST_WIRE;
+            if probe_raw && recent(0).is_none() && !avoided(0) {
                 0
             } else {
                 // The furthest step up neither avoided nor measured worse lately.
@@ -443,20 +466,7 @@ impl AutoLevel {
             current - 1
         } else {
             current
-        };
-        (next != current).then(|| {
-            tracing::debug!(
-                from = LADDER[current],
-                to = LADDER[next],
-                nar_rate,
-                wire_rate,
-                link_bound,
-                link_full,
-                "zstd level"
-            );
-            self.index = next;
-            next
-        })
+        }
     }
 }
 
