@@ -83,16 +83,16 @@ exit {NO_DIR}"#
         Ended(info) => return Err(start_failed(info)),
     };
     let remote = format!("{dir}/{name}");
-    session.upload(binary, &remote).await?;
-    // Other builds' agents unused for an hour (each agent touches its file when it starts): a
-    // few MiB each, in RAM on an installer.
-    let tidy = format!(
-        "find {dir} -maxdepth 1 -name 'nixos-anywhere-rs*' ! -name '*.tmp.*' ! -name {name} -mmin +60 -exec rm -f {{}} +",
-        dir = shell_quote(&dir),
-    );
-    let _ = session.run(&tidy, b"").await;
+    session.upload_new(binary, &remote).await?;
     tracing::info!("uploaded the agent to {}:{remote}", session.target());
-    match run_agent(session, &format!("exec {} agent", shell_quote(&remote))).await? {
+    // Before it starts, remove other builds' agents unused for an hour (each agent touches its
+    // file when it starts): a few MiB each, in RAM on an installer.
+    let start = format!(
+        "find {dir} -maxdepth 1 -name 'nixos-anywhere-rs*' ! -name '*.tmp.*' ! -name {name} -mmin +60 -exec rm -f {{}} + 2>/dev/null; exec {remote} agent",
+        dir = shell_quote(&dir),
+        remote = shell_quote(&remote),
+    );
+    match run_agent(session, &start).await? {
         Started(agent) => Ok(agent),
         Ended(info) => Err(start_failed(info)),
     }

@@ -308,21 +308,7 @@ impl Session {
     /// temporary name beside it, checks its hash when `sha256sum` exists, then renames it.
     /// Returns whether it uploaded.
     pub async fn upload(&self, local: &Path, remote_path: &str) -> Result<bool, SshError> {
-        let path = local.to_owned();
-        let (data, hash) = tokio::task::spawn_blocking(move || {
-            let data = std::fs::read(&path)?;
-            let hash = data_encoding::HEXLOWER.encode(&Sha256::digest(&data));
-            Ok::<_, std::io::Error>((data, hash))
-        })
-        .await
-        .map_err(|e| SshError::Io {
-            what: format!("reading {}", local.display()),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(|source| SshError::Io {
-            what: format!("reading {}", local.display()),
-            source,
-        })?;
+        let (data, hash) = read_and_hash(local).await?;
         let quoted = shell_quote(remote_path);
         let probe = format!("test -x {quoted} && sha256sum {quoted} 2>/dev/null");
         let existing = self.run(&probe, b"").await?;
@@ -330,6 +316,25 @@ impl Session {
             tracing::debug!(remote_path, "already uploaded (same sha256)");
             return Ok(false);
         }
+        self.put(local, data, &hash, remote_path).await?;
+        Ok(true)
+    }
+
+    /// Uploads `local` to `remote_path` like [`upload`](Self::upload), without asking first
+    /// whether it is there: one round trip less, for a caller that knows it is not.
+    pub async fn upload_new(&self, local: &Path, remote_path: &str) -> Result<(), SshError> {
+        let (data, hash) = read_and_hash(local).await?;
+        self.put(local, data, &hash, remote_path).await
+    }
+
+    async fn put(
+        &self,
+        local: &Path,
+        data: Vec<u8>,
+        hash: &str,
+        remote_path: &str,
+    ) -> Result<(), SshError> {
+        let quoted = shell_quote(remote_path);
         let dir = match remote_path.rsplit_once('/') {
             Some(("", _)) => "/",
             Some((dir, _)) => dir,
@@ -366,7 +371,7 @@ impl Session {
         }
         sent?;
         tracing::debug!(remote_path, size, "uploaded");
-        Ok(true)
+        Ok(())
     }
 
     /// Closes the connection politely.
@@ -543,4 +548,20 @@ async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
         ));
     }
     Ok(addrs)
+}
+
+/// A local file's bytes and their SHA-256 in lowercase hex.
+async fn read_and_hash(local: &Path) -> Result<(Vec<u8>, String), SshError> {
+    let path = local.to_owned();
+    let read = tokio::task::spawn_blocking(move || {
+        let data = std::fs::read(&path)?;
+        let hash = data_encoding::HEXLOWER.encode(&Sha256::digest(&data));
+        Ok::<_, std::io::Error>((data, hash))
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    read.map_err(|source| SshError::Io {
+        what: format!("reading {}", local.display()),
+        source,
+    })
 }
