@@ -84,7 +84,7 @@ images__build() {
 	local out=$1 kver work
 	kver=$(images__kernel_package)
 	kver=${kver#linux-image-}
-	work=$out/work
+	work=$out/scratch
 	mkdir -p "$work"
 
 	images__installer_root "$work/installer" "$kver"
@@ -286,7 +286,7 @@ images__add_modules() {
 # them (kexec/lib), so that they work on any x86_64 Linux as nixos-images'
 # static builds do.
 images__kexec_tarball() {
-	local out=$1 stage=$1/work/tarball
+	local out=$1 stage=$1/scratch/tarball
 	local dir=$stage/kexec tool
 	mkdir -p "$dir/lib" "$dir/libexec"
 	cp "$out/installer/bzImage" "$out/installer/initrd" "$dir/"
