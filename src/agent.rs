@@ -121,7 +121,7 @@ fn receive(
                     }
                     None => return Err(WireError::Closed { peer: PEER }),
                 };
-                wire_bytes += 5 + payload.len() as u64;
+                wire_bytes += (wire::HEADER_LEN + payload.len()) as u64;
                 let bytes = blocks.decode(kind, payload, PEER)?;
                 if bytes.len() as u64 > left {
                     let problem = "more NAR bytes than the paths declared".to_owned();

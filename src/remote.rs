@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::client::{AgentClient, ClientError};
-use sha2::{Digest, Sha256};
-
-use crate::ssh::{ExecExit, ExecStdin, ExecStdout, ExitInfo, Session, SshError, shell_quote};
+use crate::ssh::{
+    ExecExit, ExecStdin, ExecStdout, ExitInfo, LocalFile, Session, SshError, shell_quote,
+};
 
 /// Directories tried for the agent, in order: a tmpfs on every systemd machine and on the
 /// NixOS installer first, then a per-user temporary directory.
@@ -57,7 +57,9 @@ const DIR_MARKER: &str = "nixos-anywhere-rs agent directory: ";
 /// that name is this build. So when it is there (every run but the first after a rebuild), one
 /// exec both finds it and starts it: no round trip for a hash check.
 pub async fn start_agent(session: &Session, binary: &Path) -> Result<Agent, RemoteError> {
-    let name = agent_name(binary).await?;
+    let agent = LocalFile::read(binary).await?;
+    // The file's name says which build it is.
+    let name = format!("nixos-anywhere-rs-{}", &agent.sha256()[..32]);
     let start = format!(
         r#"for d in {AGENT_DIRS}; do
   mkdir -p "$d" 2>/dev/null && [ -O "$d" ] && chmod 700 "$d" 2>/dev/null || continue
@@ -83,7 +85,7 @@ exit {NO_DIR}"#
         Ended(info) => return Err(start_failed(info)),
     };
     let remote = format!("{dir}/{name}");
-    session.upload_new(binary, &remote).await?;
+    session.upload_new(&agent, &remote).await?;
     tracing::info!("uploaded the agent to {}:{remote}", session.target());
     // Before it starts, remove other builds' agents unused for an hour (each agent touches its
     // file when it starts): a few MiB each, in RAM on an installer.
@@ -96,17 +98,6 @@ exit {NO_DIR}"#
         Started(agent) => Ok(agent),
         Ended(info) => Err(start_failed(info)),
     }
-}
-
-/// The agent's file name for `binary`: by its content.
-async fn agent_name(binary: &Path) -> Result<String, RemoteError> {
-    let path = binary.to_owned();
-    let hash = tokio::task::spawn_blocking(move || std::fs::read(&path).map(Sha256::digest))
-        .await
-        .map_err(|e| RemoteError::SelfPath(std::io::Error::other(e)))?
-        .map_err(RemoteError::SelfPath)?;
-    let hex = data_encoding::HEXLOWER.encode(&hash);
-    Ok(format!("nixos-anywhere-rs-{}", &hex[..32]))
 }
 
 enum Launch {

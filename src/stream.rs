@@ -178,7 +178,7 @@ struct BlockCutter<L> {
 }
 
 /// Header room at the start of a block buffer: a raw block goes out as it is.
-const HEADER: usize = 5;
+const HEADER: usize = wire::HEADER_LEN;
 
 fn block_buffer() -> Vec<u8> {
     let mut buf = Vec::with_capacity(HEADER + BLOCK);

@@ -111,8 +111,11 @@ pub enum Frame {
     Block { kind: u8, payload: Vec<u8> },
 }
 
-/// The five-byte header of a frame.
-pub fn header(kind: u8, len: usize) -> [u8; 5] {
+/// Bytes in a frame header: the kind, then the payload length.
+pub const HEADER_LEN: usize = 5;
+
+/// The header of a frame.
+pub fn header(kind: u8, len: usize) -> [u8; HEADER_LEN] {
     let len = u32::try_from(len).expect("frames are smaller than 4 GiB");
     let mut h = [kind, 0, 0, 0, 0];
     h[1..].copy_from_slice(&len.to_le_bytes());
@@ -128,7 +131,7 @@ pub fn message_frame(message: &impl Serialize) -> Vec<u8> {
 }
 
 /// Checks a frame header from `peer`, returning its kind and payload length.
-pub fn parse_header(h: [u8; 5], peer: &'static str) -> Result<(u8, usize), WireError> {
+pub fn parse_header(h: [u8; HEADER_LEN], peer: &'static str) -> Result<(u8, usize), WireError> {
     let len = u32::from_le_bytes(h[1..].try_into().expect("four bytes")) as usize;
     if !matches!(h[0], MESSAGE | RAW_BLOCK | ZSTD_BLOCK) {
         return Err(WireError::Protocol {
@@ -145,10 +148,10 @@ pub fn parse_header(h: [u8; 5], peer: &'static str) -> Result<(u8, usize), WireE
 
 /// Reads one frame (blocking); `None` at a clean end of stream before a frame starts.
 pub fn read_frame(input: &mut impl Read, peer: &'static str) -> Result<Option<Frame>, WireError> {
-    let mut h = [0u8; 5];
+    let mut h = [0u8; HEADER_LEN];
     match read_full(input, &mut h) {
         Ok(0) => return Ok(None),
-        Ok(5) => {}
+        Ok(HEADER_LEN) => {}
         Ok(_) => return Err(WireError::Closed { peer }),
         Err(source) => return Err(WireError::Io { peer, source }),
     }

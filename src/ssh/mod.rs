@@ -308,32 +308,23 @@ impl Session {
     /// temporary name beside it, checks its hash when `sha256sum` exists, then renames it.
     /// Returns whether it uploaded.
     pub async fn upload(&self, local: &Path, remote_path: &str) -> Result<bool, SshError> {
-        let (data, hash) = read_and_hash(local).await?;
+        let file = LocalFile::read(local).await?;
         let quoted = shell_quote(remote_path);
         let probe = format!("test -x {quoted} && sha256sum {quoted} 2>/dev/null");
         let existing = self.run(&probe, b"").await?;
+        let hash = file.sha256();
         if existing.success() && existing.stdout.starts_with(format!("{hash} ").as_bytes()) {
             tracing::debug!(remote_path, "already uploaded (same sha256)");
             return Ok(false);
         }
-        self.put(local, data, &hash, remote_path).await?;
+        self.upload_new(&file, remote_path).await?;
         Ok(true)
     }
 
-    /// Uploads `local` to `remote_path` like [`upload`](Self::upload), without asking first
+    /// Uploads `file` to `remote_path` like [`upload`](Self::upload), without asking first
     /// whether it is there: one round trip less, for a caller that knows it is not.
-    pub async fn upload_new(&self, local: &Path, remote_path: &str) -> Result<(), SshError> {
-        let (data, hash) = read_and_hash(local).await?;
-        self.put(local, data, &hash, remote_path).await
-    }
-
-    async fn put(
-        &self,
-        local: &Path,
-        data: Vec<u8>,
-        hash: &str,
-        remote_path: &str,
-    ) -> Result<(), SshError> {
+    pub async fn upload_new(&self, file: &LocalFile, remote_path: &str) -> Result<(), SshError> {
+        let (local, hash) = (&file.path, file.sha256());
         let quoted = shell_quote(remote_path);
         let dir = match remote_path.rsplit_once('/') {
             Some(("", _)) => "/",
@@ -354,9 +345,9 @@ impl Session {
         let Exec {
             mut stdin, exit, ..
         } = self.exec(&script).await?;
-        let size = data.len();
+        let size = file.data.len();
         let sent = async {
-            stdin.send(Bytes::from(data)).await?;
+            stdin.send(file.data.clone()).await?;
             stdin.close().await
         }
         .await;
@@ -550,18 +541,33 @@ async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
     Ok(addrs)
 }
 
-/// A local file's bytes and their SHA-256 in lowercase hex.
-async fn read_and_hash(local: &Path) -> Result<(Vec<u8>, String), SshError> {
-    let path = local.to_owned();
-    let read = tokio::task::spawn_blocking(move || {
-        let data = std::fs::read(&path)?;
-        let hash = data_encoding::HEXLOWER.encode(&Sha256::digest(&data));
-        Ok::<_, std::io::Error>((data, hash))
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-    read.map_err(|source| SshError::Io {
-        what: format!("reading {}", local.display()),
-        source,
-    })
+/// A local file read whole, with its SHA-256: what an upload sends and checks.
+pub struct LocalFile {
+    path: PathBuf,
+    data: Bytes,
+    sha256: String,
+}
+
+impl LocalFile {
+    pub async fn read(path: &Path) -> Result<Self, SshError> {
+        let owned = path.to_owned();
+        let read = tokio::task::spawn_blocking(move || std::fs::read(&owned))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let data = read.map_err(|source| SshError::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        })?;
+        let sha256 = data_encoding::HEXLOWER.encode(&Sha256::digest(&data));
+        Ok(Self {
+            path: path.to_owned(),
+            data: Bytes::from(data),
+            sha256,
+        })
+    }
+
+    /// The SHA-256 of its bytes, in lowercase hex.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
 }
