@@ -11,7 +11,7 @@ use tokio::io::AsyncWrite;
 use nixos_anywhere_rs::client::{AgentClient, ClientError};
 use nixos_anywhere_rs::progress::Progress;
 use nixos_anywhere_rs::store::{PathInfo, StorePath, query_closure};
-use nixos_anywhere_rs::stream::Compression;
+use nixos_anywhere_rs::stream::{self, Compression};
 use nixos_anywhere_rs::wire::{self, Reply, Request};
 
 mod nix_oracle;
@@ -297,43 +297,130 @@ async fn a_dropped_connection_leaves_a_consistent_store_and_a_rerun_sends_only_t
 
 /// The agent is killed outright at several points: what it had not committed is unregistered
 /// and is sent again.
+///
+/// The stream is held after a whole number of blocks, so the agent cannot run ahead of the kill:
+/// it places exactly the paths those blocks complete, and is killed with them in place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_leaves_a_consistent_store_and_a_rerun_completes() {
     let closure = small_closure();
-    let total = closure.len() as u64;
-    for kill_after_paths in [1, total / 2, total - 2] {
+    let total_nar: u64 = closure.iter().map(|i| i.nar_size).sum();
+    let blocks = total_nar.div_ceil(stream::BLOCK as u64);
+    assert!(blocks >= 3, "the small closure fills {blocks} blocks");
+    for hold_after in [1, blocks / 2, blocks - 1] {
+        // Paths whose NAR ends within the blocks that pass.
+        let passed = hold_after * stream::BLOCK as u64;
+        let complete = closure
+            .iter()
+            .scan(0, |end, i| {
+                *end += i.nar_size;
+                Some(*end)
+            })
+            .take_while(|end| *end <= passed)
+            .count();
+
         let (_dir, root) = temp_root();
         let mut agent = spawn_agent();
         let pid = agent.id().unwrap();
         let (out, inp) = (agent.stdout.take().unwrap(), agent.stdin.take().unwrap());
-        let mut client = AgentClient::connect(out, inp).await.unwrap();
+        let held = HoldWriter::new(inp, hold_after);
+        let mut client = AgentClient::connect(out, held).await.unwrap();
         client.open_store(&root).await.unwrap();
-        // Watch the store directory and kill the agent once enough paths are in place.
         let watched = root.join("nix/store");
         let killer = std::thread::spawn(move || {
-            loop {
-                let placed = std::fs::read_dir(&watched).map_or(0, |d| {
-                    d.filter_map(Result::ok)
-                        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                        .count()
-                });
-                if placed as u64 >= kill_after_paths {
-                    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-                    return;
-                }
+            while placed(&watched) < complete {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
+            // Give a path beyond the held point every chance to (wrongly) appear.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let placed = placed(&watched);
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            placed
         });
-        let mut progress = Progress::new(total, 0);
+        let mut progress = Progress::new(closure.len() as u64, 0);
         let result = client
             .receive(&closure, Compression::Level(1), &mut progress)
             .await;
-        killer.join().unwrap();
+        let placed = killer.join().unwrap();
         let _ = agent.wait().await;
-        assert!(
-            result.is_err(),
-            "the agent finished before it was killed after {kill_after_paths} paths"
+        assert!(result.is_err(), "the transfer survived the kill");
+        assert_eq!(
+            placed, complete,
+            "paths in place when held after {hold_after} blocks"
         );
         check_resumes(&root, &closure).await;
+    }
+}
+
+/// Store paths in place (not under a temporary name) in a store directory.
+fn placed(store: &Path) -> usize {
+    std::fs::read_dir(store).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+    })
+}
+
+/// Passes frames to the agent until `blocks` NAR blocks have gone through, then holds the rest
+/// back for ever, as a stalled connection does.
+struct HoldWriter<W> {
+    inner: W,
+    blocks: u64,
+    /// Header bytes of the frame being passed, and how much of its payload is still to go.
+    header: Vec<u8>,
+    payload_left: usize,
+}
+
+impl<W> HoldWriter<W> {
+    fn new(inner: W, blocks: u64) -> Self {
+        Self {
+            inner,
+            blocks,
+            header: Vec::new(),
+            payload_left: 0,
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for HoldWriter<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let at_frame_start = this.header.is_empty() && this.payload_left == 0;
+        if at_frame_start && this.blocks == 0 {
+            return Poll::Pending; // never woken: the agent is killed meanwhile
+        }
+        // Never write past the current header or payload, so frame edges are seen exactly.
+        let n = if this.payload_left > 0 {
+            buf.len().min(this.payload_left)
+        } else {
+            buf.len().min(wire::HEADER_LEN - this.header.len())
+        };
+        let written = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, &buf[..n]))?;
+        if this.payload_left > 0 {
+            this.payload_left -= written;
+        } else {
+            this.header.extend_from_slice(&buf[..written]);
+            if this.header.len() == wire::HEADER_LEN {
+                let header: [u8; wire::HEADER_LEN] = this.header[..].try_into().unwrap();
+                let (kind, len) = wire::parse_header(header, "test").unwrap();
+                if kind != wire::MESSAGE {
+                    this.blocks -= 1;
+                }
+                this.header.clear();
+                this.payload_left = len;
+            }
+        }
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
