@@ -298,7 +298,7 @@ fn compress(nar: &[u8], previous: Option<&[u8]>, level: i32) -> Option<Vec<u8>> 
 /// do at least twice the rate reached (more steps when it could do far more, so a slow link
 /// gets a high level within seconds). Where the wire moves faster than a gigabit link can
 /// ([`AutoLevel::FAST_WIRE`]), it first tries sending raw once. It steps down, and avoids the
-/// level it left for [`AutoLevel::REMEMBER`] windows, when the writer waits for compressed
+/// level it left for a while ([`AutoLevel::REMEMBER`]), when the writer waits for compressed
 /// blocks (the pool is the bottleneck) or when the wire carries clearly less than it did at a
 /// lower level: then the receiver, not the link, set the pace (loopback, or a fast link to a
 /// slow machine), and compressing only adds work.
@@ -310,8 +310,8 @@ struct AutoLevel {
     windows: u32,
     /// Per ladder index: the NAR and wire rates last measured there, and in which window.
     measured: [Option<Measured>; LADDER.len()],
-    /// Per ladder index: the window in which it was left for being too slow.
-    avoided: [Option<u32>; LADDER.len()],
+    /// Per ladder index: when it was left for being too slow.
+    avoided: [Option<Stamp>; LADDER.len()],
     /// Threads compressing blocks.
     threads: usize,
 }
@@ -320,7 +320,23 @@ struct AutoLevel {
 struct Measured {
     nar_rate: f64,
     wire_rate: f64,
+    when: Stamp,
+}
+
+/// When something was learnt: the window's number, and its end.
+#[derive(Clone, Copy)]
+struct Stamp {
     window: u32,
+    at: Instant,
+}
+
+impl Stamp {
+    /// Still counts: within the last [`AutoLevel::REMEMBER`] windows or
+    /// [`AutoLevel::REMEMBER_TIME`], whichever lasts longer.
+    fn recent(self, now: Stamp) -> bool {
+        now.window - self.window < AutoLevel::REMEMBER
+            || now.at.duration_since(self.at) < AutoLevel::REMEMBER_TIME
+    }
 }
 
 #[derive(Default)]
@@ -337,10 +353,17 @@ struct Window {
 impl AutoLevel {
     /// The ladder index `auto` starts at: level 1.
     const START: usize = 1;
+    /// A window is at least this many blocks over at least this long...
     const WINDOW_BLOCKS: u32 = 4;
     const WINDOW_TIME: Duration = Duration::from_millis(300);
-    /// Windows a measurement or an avoided level counts for.
+    /// ... or this many blocks however short: more than the buffers between the two ends hold
+    /// (the agent's queue, a pipe, the SSH window), so a fast link is judged in a tenth of a
+    /// second rather than after hundreds of MiB at the wrong level.
+    const WINDOW_MAX_BLOCKS: u32 = 16;
+    /// A measurement or an avoided level counts for this many windows and this long, whichever
+    /// lasts longer; then that level may be tried again.
     const REMEMBER: u32 = 8;
+    const REMEMBER_TIME: Duration = Duration::from_millis(2400);
     /// The link is full while the wire carries at least this share of what it carried at lower
     /// levels lately.
     const FULL: f64 = 0.85;
@@ -381,7 +404,8 @@ impl AutoLevel {
         w.waited_for_blocks += sent.waited_for_block;
         w.waited_for_link += sent.waited_for_link;
         let elapsed = now.duration_since(started);
-        if w.blocks < Self::WINDOW_BLOCKS || elapsed < Self::WINDOW_TIME {
+        let long_enough = elapsed >= Self::WINDOW_TIME || w.blocks >= Self::WINDOW_MAX_BLOCKS;
+        if w.blocks < Self::WINDOW_BLOCKS || !long_enough {
             return None;
         }
         let secs = elapsed.as_secs_f64();
@@ -394,16 +418,19 @@ impl AutoLevel {
         };
         self.window = Window::default();
         self.windows += 1;
-        if self.windows == 1 {
-            // The first window is a burst into empty buffers (socket, SSH window), not the link.
+        // The first window is a burst into empty buffers (socket, SSH window), not the link. It
+        // only counts where even a burst at level 1 is more than a link compression pays on
+        // carries: then raw is tried at once.
+        let try_raw_now = LADDER[self.index] == 1 && wire_rate >= Self::FAST_WIRE;
+        if self.windows == 1 && !try_raw_now {
             return None;
         }
         self.measured[self.index] = Some(Measured {
             nar_rate,
             wire_rate,
-            window: self.windows,
+            when: self.stamp(now),
         });
-        let next = self.next_index(nar_rate, wire_rate, link_bound, pool_rate);
+        let next = self.next_index(now, nar_rate, wire_rate, link_bound, pool_rate);
         (next != self.index).then(|| {
             tracing::debug!(
                 from = LADDER[self.index],
@@ -418,16 +445,24 @@ impl AutoLevel {
         })
     }
 
+    fn stamp(&self, now: Instant) -> Stamp {
+        Stamp {
+            window: self.windows,
+            at: now,
+        }
+    }
+
     /// Where to go from the current level, given the window just measured there.
     fn next_index(
         &mut self,
+        now: Instant,
         nar_rate: f64,
         wire_rate: f64,
         link_bound: bool,
         pool_rate: Option<f64>,
     ) -> usize {
-        let (current, windows) = (self.index, self.windows);
-        let recent = |i: usize| self.measured[i].filter(|m| windows - m.window < Self::REMEMBER);
+        let (current, stamp) = (self.index, self.stamp(now));
+        let recent = |i: usize| self.measured[i].filter(|m| m.when.recent(stamp));
         let best_wire_below = (0..current)
             .filter_map(|i| recent(i).map(|m| m.wire_rate))
             .fold(wire_rate, f64::max);
@@ -440,8 +475,7 @@ impl AutoLevel {
                 Some(headroom) if headroom >= 2.0 => 1,
                 Some(_) => 0,
             };
-            let avoided =
-                |i: usize| self.avoided[i].is_some_and(|at| windows - at < Self::REMEMBER);
+            let avoided = |i: usize| self.avoided[i].is_some_and(|when| when.recent(stamp));
             // Measured lately at `i`: a lower NAR rate, or a wire clearly emptier than now (then
             // the link was not what held it back there).
             let worse = |i: usize| {
@@ -462,7 +496,7 @@ impl AutoLevel {
                     .unwrap_or(current)
             }
         } else if current > 0 {
-            self.avoided[current] = Some(windows);
+            self.avoided[current] = Some(stamp);
             current - 1
         } else {
             current
@@ -652,9 +686,9 @@ mod tests {
         let mut now = Instant::now();
         let mut window = |auto: &mut AutoLevel, nar_mib_s: f64, wire_mib_s: f64| {
             let level = LADDER[auto.index];
-            let mut next = None;
-            // 40 blocks of 4 MiB: more than a window's blocks and time.
-            for _ in 0..40 {
+            let (mut next, windows) = (None, auto.windows);
+            // Blocks of 4 MiB until one window ends.
+            while auto.windows == windows {
                 now += Duration::from_secs_f64(4.0 / nar_mib_s);
                 let times = BlockTimes {
                     nar_bytes: 4 << 20,
@@ -667,17 +701,41 @@ mod tests {
             }
             LADDER[next.unwrap_or(auto.index)]
         };
-        window(&mut auto, 460.0, 240.0); // warm-up
         assert_eq!(
             window(&mut auto, 460.0, 240.0),
             0,
-            "level 1 at 240 MiB/s: try raw"
+            "level 1 at 240 MiB/s, even in the warm-up: try raw"
         );
         assert_eq!(
             window(&mut auto, 420.0, 420.0),
             0,
             "raw: slower NAR, far fuller wire"
         );
+    }
+
+    /// On loopback the receiver sets the pace at hundreds of MiB/s: raw is tried right after
+    /// the warm-up, a few dozen MiB, not after 300 ms of level 1.
+    #[test]
+    fn auto_level_tries_raw_soon_on_a_fast_link() {
+        let mut auto = auto();
+        let mut now = Instant::now();
+        let mut compressed = 0;
+        while auto.index != 0 {
+            now += Duration::from_secs_f64(4.0 / 450.0); // 4 MiB blocks at 450 MiB/s
+            let times = BlockTimes {
+                nar_bytes: 4 << 20,
+                wire_bytes: 2 << 20,
+                compress_time: Duration::from_millis(6),
+                waited_for_block: Duration::ZERO,
+                waited_for_link: Duration::from_millis(5),
+            };
+            auto.observe(now, LADDER[auto.index], times);
+            compressed += 1;
+            assert!(
+                compressed <= 20,
+                "still compressing after {compressed} blocks"
+            );
+        }
     }
 
     /// On a gigabit link (~110 MiB/s of wire) it does not try raw: compression doubles the
