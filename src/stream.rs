@@ -292,7 +292,7 @@ fn compress(nar: &[u8], previous: Option<&[u8]>, level: i32) -> Option<Vec<u8>> 
 /// where compressing only costs.
 ///
 /// It starts at level 1 and looks at windows of blocks (the first one, a burst into empty
-/// buffers, only warms up). While the writer waits for the channel and the wire carries about
+/// buffers, only warms up, unless even that burst is too fast for compression to pay). While the writer waits for the channel and the wire carries about
 /// as much as it did at the lower levels lately, the link is the bottleneck: fewer bytes on it
 /// move more NAR, so it climbs, as long as the compression pool (timed per block) could still
 /// do at least twice the rate reached (more steps when it could do far more, so a slow link
@@ -308,7 +308,7 @@ struct AutoLevel {
     /// When the writer last took a block.
     last_block: Option<Instant>,
     windows: u32,
-    /// Per ladder index: the NAR and wire rates last measured there, and in which window.
+    /// Per ladder index: the NAR and wire rates last measured there, and when.
     measured: [Option<Measured>; LADDER.len()],
     /// Per ladder index: when it was left for being too slow.
     avoided: [Option<Stamp>; LADDER.len()],

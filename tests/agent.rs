@@ -327,7 +327,9 @@ async fn a_killed_agent_leaves_a_consistent_store_and_a_rerun_completes() {
         client.open_store(&root).await.unwrap();
         let watched = root.join("nix/store");
         let killer = std::thread::spawn(move || {
-            while placed(&watched) < complete {
+            // A stuck agent fails the count below rather than hanging the test.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while placed(&watched) < complete && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             // Give a path beyond the held point every chance to (wrongly) appear.
