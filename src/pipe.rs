@@ -1,7 +1,7 @@
 //! A bounded, in-process byte pipe between two threads: the writer's chunks wait in a queue of
 //! fixed depth, so a fast producer blocks instead of filling memory.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use bytes::{Buf, Bytes};
@@ -82,15 +82,28 @@ impl Drop for PipeWriter {
 
 impl Read for PipeReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let chunk = self.fill_buf()?;
+        let n = out.len().min(chunk.len());
+        out[..n].copy_from_slice(&chunk[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// Reads in place: the buffer is the chunk the writer handed over.
+impl BufRead for PipeReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.chunk.is_empty() {
             match self.rx.recv() {
                 Ok(chunk) => self.chunk = chunk,
-                Err(_) => return Ok(0),
+                Err(_) => break, // the writer is gone: the end
             }
         }
-        let n = out.len().min(self.chunk.len());
-        self.chunk.copy_to_slice(&mut out[..n]);
-        Ok(n)
+        Ok(&self.chunk)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.chunk.advance(n);
     }
 }
 

@@ -1,12 +1,13 @@
 //! A pull parser for untrusted NAR bytes.
 //!
 //! [`NarReader::next_entry`] yields one [`Entry`] at a time; after an [`Entry::File`] the file's bytes
-//! are read with [`NarReader::contents`] (whatever is left unread is skipped by the next call).
+//! are handed out by [`NarReader::contents_to`] (whatever is left unread is skipped by the next
+//! call).
 //! Every length is checked before anything is allocated, every name and ordering rule is checked
 //! before the entry is returned, and every byte consumed is hashed, so that when the archive ends
 //! [`NarReader::finish`] gives the NAR hash and size of exactly what was parsed.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 use super::{MAGIC, MAX_DEPTH, MAX_NAME_LEN, MAX_TARGET_LEN, padding};
 use crate::store::hash::{HashCounter, NarHash};
@@ -18,7 +19,7 @@ pub enum Entry {
     Directory {
         name: Option<Vec<u8>>,
     },
-    /// A regular file of `size` bytes, to be read with [`NarReader::contents`].
+    /// A regular file of `size` bytes, to be read with [`NarReader::contents_to`].
     File {
         name: Option<Vec<u8>>,
         executable: bool,
@@ -142,11 +143,6 @@ impl<R: Read> NarReader<R> {
         self.check_name(&name)?;
         self.expect("node")?;
         self.node(Some(name)).map(Some)
-    }
-
-    /// Reads from the contents of the file just returned by [`next_entry`](Self::next_entry).
-    pub fn contents(&mut self) -> Contents<'_, R> {
-        Contents { reader: self }
     }
 
     /// The hash and size of the archive, once [`next_entry`](Self::next_entry) has returned `None`.
@@ -377,35 +373,6 @@ impl<R: Read> NarReader<R> {
         }
     }
 
-    fn read_contents(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let State::Contents { left, size } = self.state else {
-            return Err(io::Error::other(
-                "NarReader::contents outside a regular file",
-            ));
-        };
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.inner.read(&mut buf[..want])?;
-        if n == 0 {
-            let offset = self.hash.len();
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                NarError::Malformed {
-                    offset,
-                    problem: Problem::Truncated,
-                },
-            ));
-        }
-        self.hash.update(&buf[..n]);
-        self.state = State::Contents {
-            left: left - n as u64,
-            size,
-        };
-        Ok(n)
-    }
-
     fn replace_truncated(&self, e: NarError, problem: Problem) -> NarError {
         match e {
             NarError::Malformed {
@@ -424,32 +391,40 @@ impl<R: Read> NarReader<R> {
     }
 }
 
-/// The contents of the current file; see [`NarReader::contents`].
-pub struct Contents<'a, R> {
-    reader: &'a mut NarReader<R>,
-}
-
-impl<R: Read> Read for Contents<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.reader.read_contents(buf)
+impl<R: BufRead> NarReader<R> {
+    /// Hands the rest of the contents of the file just returned by
+    /// [`next_entry`](Self::next_entry) to `sink`, piece by piece, straight from the underlying
+    /// reader's buffer: no copy, and each piece hashed while it is still in the CPU's cache.
+    pub fn contents_to<E: From<NarError>>(
+        &mut self,
+        mut sink: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        /// Hashed, then written, while in cache.
+        const PIECE: usize = 256 * 1024;
+        let State::Contents { mut left, size } = self.state else {
+            panic!("NarReader::contents_to outside a regular file");
+        };
+        while left > 0 {
+            let buf = self.inner.fill_buf().map_err(NarError::Io)?;
+            if buf.is_empty() {
+                return Err(self.malformed(Problem::Truncated).into());
+            }
+            let n = buf
+                .len()
+                .min(PIECE)
+                .min(usize::try_from(left).unwrap_or(PIECE));
+            let piece = &buf[..n];
+            self.hash.update(piece);
+            sink(piece)?;
+            self.inner.consume(n);
+            left -= n as u64;
+            self.state = State::Contents { left, size };
+        }
+        Ok(())
     }
 }
 
 impl NarError {
-    /// Recovers a [`NarError`] that travelled through an [`io::Error`] (file contents are read
-    /// through `io::Read`).
-    pub fn from_io(e: io::Error) -> Self {
-        if e.get_ref().is_some_and(|inner| inner.is::<NarError>()) {
-            match e.into_inner().map(|inner| inner.downcast::<NarError>()) {
-                Some(Ok(nar)) => *nar,
-                Some(Err(other)) => NarError::Io(io::Error::other(other)),
-                None => unreachable!("checked that an inner error exists"),
-            }
-        } else {
-            NarError::Io(e)
-        }
-    }
-
     pub fn problem(&self) -> Option<&Problem> {
         match self {
             NarError::Malformed { problem, .. } => Some(problem),

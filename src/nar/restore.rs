@@ -6,7 +6,7 @@
 //! the archive itself created. On any failure everything created is removed again.
 
 use std::ffi::OsStr;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -36,7 +36,7 @@ pub enum RestoreError {
 /// Unpacks the NAR from `reader` to `dest`, which must not exist; its parent must. On error
 /// `dest` does not exist afterwards. The caller checks the archive's end (and hash) with
 /// [`NarReader::finish`]; if that fails, it removes `dest` with [`remove_tree`].
-pub fn restore<R: Read>(
+pub fn restore<R: BufRead>(
     reader: &mut NarReader<R>,
     dest: &Path,
     canonical: Canonical,
@@ -71,7 +71,7 @@ pub fn restore<R: Read>(
 
 /// Unpacks the NAR from `reader` as `name` inside the directory `parent`; see [`restore`].
 /// Paths in errors are relative to `parent`.
-pub fn restore_into<R: Read>(
+pub fn restore_into<R: BufRead>(
     reader: &mut NarReader<R>,
     parent: BorrowedFd<'_>,
     name: &[u8],
@@ -81,7 +81,6 @@ pub fn restore_into<R: Read>(
         canonical,
         open: Vec::new(),
         path: PathBuf::from(OsStr::from_bytes(name)),
-        buffer: vec![0; 256 * 1024],
         created_root: false,
     };
     let result = unpacker.run(reader, parent, name);
@@ -99,12 +98,11 @@ struct Unpacker {
     open: Vec<OwnedFd>,
     /// Path of the entry being written, relative to the parent, for error messages.
     path: PathBuf,
-    buffer: Vec<u8>,
     created_root: bool,
 }
 
 impl Unpacker {
-    fn run<R: Read>(
+    fn run<R: BufRead>(
         &mut self,
         reader: &mut NarReader<R>,
         parent: BorrowedFd<'_>,
@@ -121,9 +119,7 @@ impl Unpacker {
                     self.open.push(fd);
                 }
                 Entry::File {
-                    name,
-                    executable,
-                    size,
+                    name, executable, ..
                 } => {
                     let name = self.enter(name.as_deref(), root_name);
                     let mode = match (self.canonical, executable) {
@@ -140,7 +136,7 @@ impl Unpacker {
                         Mode::from_raw_mode(mode),
                     );
                     let fd = self.created(fd)?;
-                    self.write_contents(reader, fd, size)?;
+                    self.write_contents(reader, fd)?;
                     self.leave();
                 }
                 Entry::Symlink { name, target } => {
@@ -185,21 +181,13 @@ impl Unpacker {
         }
     }
 
-    fn write_contents<R: Read>(
+    fn write_contents<R: BufRead>(
         &mut self,
         reader: &mut NarReader<R>,
         fd: OwnedFd,
-        size: u64,
     ) -> Result<(), RestoreError> {
         let mut file = std::fs::File::from(fd);
-        let mut contents = reader.contents();
-        let mut written = 0u64;
-        while written < size {
-            let n = contents.read(&mut self.buffer).map_err(NarError::from_io)?;
-            file.write_all(&self.buffer[..n])
-                .map_err(|e| self.io_std(e))?;
-            written += n as u64;
-        }
+        reader.contents_to(|piece| file.write_all(piece).map_err(|e| self.io_std(e)))?;
         if self.canonical == Canonical::Yes {
             rustix::fs::futimens(&file, &store_times()).map_err(|e| self.io(e))?;
         }

@@ -8,7 +8,7 @@
 //! consistent store.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -97,7 +97,7 @@ impl StoreRoot {
     /// it against `info`, and moves it into place. It is registered by the next
     /// [`flush`](Self::flush) (which this calls now and then). On error nothing of the path
     /// remains and `nar` is left at an unknown position.
-    pub fn receive(&mut self, info: &PathInfo, nar: impl Read) -> Result<(), StoreError> {
+    pub fn receive(&mut self, info: &PathInfo, nar: impl BufRead) -> Result<(), StoreError> {
         self.check_references(info)?;
         let temp = format!("{TEMP_PREFIX}{}-{}", std::process::id(), self.next_temp);
         self.next_temp += 1;
