@@ -292,9 +292,9 @@ fn compress(nar: &[u8], previous: Option<&[u8]>, level: i32) -> Option<Vec<u8>> 
 /// where compressing only costs.
 ///
 /// It starts at level 1 and looks at windows of blocks (the first one, a burst into empty
-/// buffers, only warms up, unless even that burst is too fast for compression to pay). While the writer waits for the channel and the wire carries about
-/// as much as it did at the lower levels lately, the link is the bottleneck: fewer bytes on it
-/// move more NAR, so it climbs, as long as the compression pool (timed per block) could still
+/// buffers, only warms up, unless even that burst is too fast for compression to pay). While
+/// the writer waits for the channel and the wire carries about as much as it did at the lower
+/// levels lately, the link is the bottleneck: fewer bytes on it move more NAR, so it climbs, as long as the compression pool (timed per block) could still
 /// do at least twice the rate reached (more steps when it could do far more, so a slow link
 /// gets a high level within seconds). Where the wire moves faster than a gigabit link can
 /// ([`AutoLevel::FAST_WIRE`]), it first tries sending raw once. It steps down, and avoids the
@@ -419,10 +419,8 @@ impl AutoLevel {
         self.window = Window::default();
         self.windows += 1;
         // The first window is a burst into empty buffers (socket, SSH window), not the link. It
-        // only counts where even a burst at level 1 is more than a link compression pays on
-        // carries: then raw is tried at once.
-        let try_raw_now = LADDER[self.index] == 1 && wire_rate >= Self::FAST_WIRE;
-        if self.windows == 1 && !try_raw_now {
+        // only counts where even a burst is fast enough to try raw at once.
+        if self.windows == 1 && !self.may_try_raw(wire_rate) {
             return None;
         }
         self.measured[self.index] = Some(Measured {
@@ -443,6 +441,11 @@ impl AutoLevel {
             self.index = next;
             next
         })
+    }
+
+    /// Raw is worth a window from level 1 when the wire there moves faster than a gigabit link.
+    fn may_try_raw(&self, wire_rate: f64) -> bool {
+        LADDER[self.index] == 1 && wire_rate >= Self::FAST_WIRE
     }
 
     fn stamp(&self, now: Instant) -> Stamp {
@@ -484,8 +487,7 @@ impl AutoLevel {
                         || m.wire_rate < Self::FULL * wire_rate
                 })
             };
-            let probe_raw = LADDER[current] == 1 && wire_rate >= Self::FAST_WIRE;
-            if probe_raw && recent(0).is_none() && !avoided(0) {
+            if self.may_try_raw(wire_rate) && recent(0).is_none() && !avoided(0) {
                 0
             } else {
                 // The furthest step up neither avoided nor measured worse lately.
@@ -643,6 +645,18 @@ mod tests {
         AutoLevel::new(AutoLevel::START, 2)
     }
 
+    /// A 4 MiB block at `level` that went out as `wire_mib`, the writer having waited on the
+    /// link.
+    fn link_bound_block(level: i32, wire_mib: f64) -> BlockTimes {
+        BlockTimes {
+            nar_bytes: 4 << 20,
+            wire_bytes: (wire_mib * (1 << 20) as f64) as u64,
+            compress_time: Duration::from_millis(if level == 0 { 0 } else { 6 }),
+            waited_for_block: Duration::ZERO,
+            waited_for_link: Duration::from_millis(5),
+        }
+    }
+
     #[test]
     fn auto_level_follows_the_bottleneck() {
         let top = *LADDER.last().unwrap();
@@ -690,13 +704,7 @@ mod tests {
             // Blocks of 4 MiB until one window ends.
             while auto.windows == windows {
                 now += Duration::from_secs_f64(4.0 / nar_mib_s);
-                let times = BlockTimes {
-                    nar_bytes: 4 << 20,
-                    wire_bytes: (4.0 * wire_mib_s / nar_mib_s * (1 << 20) as f64) as u64,
-                    compress_time: Duration::from_millis(if level == 0 { 0 } else { 6 }),
-                    waited_for_block: Duration::ZERO,
-                    waited_for_link: Duration::from_millis(5),
-                };
+                let times = link_bound_block(level, 4.0 * wire_mib_s / nar_mib_s);
                 next = auto.observe(now, level, times).or(next);
             }
             LADDER[next.unwrap_or(auto.index)]
@@ -722,14 +730,8 @@ mod tests {
         let mut compressed = 0;
         while auto.index != 0 {
             now += Duration::from_secs_f64(4.0 / 450.0); // 4 MiB blocks at 450 MiB/s
-            let times = BlockTimes {
-                nar_bytes: 4 << 20,
-                wire_bytes: 2 << 20,
-                compress_time: Duration::from_millis(6),
-                waited_for_block: Duration::ZERO,
-                waited_for_link: Duration::from_millis(5),
-            };
-            auto.observe(now, LADDER[auto.index], times);
+            let level = LADDER[auto.index];
+            auto.observe(now, level, link_bound_block(level, 2.0));
             compressed += 1;
             assert!(
                 compressed <= 20,
