@@ -16,7 +16,7 @@ use nixos_anywhere_rs::wire::{self, Reply, Request};
 
 mod nix_oracle;
 
-use nix_oracle::BIN;
+use nix_oracle::{BIN, placed, registered};
 
 fn small_closure() -> Vec<PathInfo> {
     let top = StorePath::parse(&nix_oracle::closure("small")).unwrap();
@@ -195,19 +195,7 @@ fn rejects_a_path_whose_bytes_do_not_match_and_registers_none_of_it() {
     // Nothing of it is in the store or its database.
     let store: Vec<_> = std::fs::read_dir(root.join("nix/store")).unwrap().collect();
     assert!(store.is_empty(), "{store:?}");
-    let db = rusqlite::Connection::open(root.join("nix/var/nix/db/db.sqlite")).unwrap();
-    let n: i64 = db
-        .query_row("select count(*) from ValidPaths", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 0);
-}
-
-fn registered(root: &Path) -> u64 {
-    let db = rusqlite::Connection::open(root.join("nix/var/nix/db/db.sqlite")).unwrap();
-    db.query_row("select count(*) from ValidPaths", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .unwrap() as u64
+    assert_eq!(registered(&root), 0);
 }
 
 /// After an interruption: Nix accepts the store, a rerun sends exactly the paths that were not
@@ -309,14 +297,14 @@ async fn a_killed_agent_leaves_a_consistent_store_and_a_rerun_completes() {
     for hold_after in [1, blocks / 2, blocks - 1] {
         // Paths whose NAR ends within the blocks that pass.
         let passed = hold_after * stream::BLOCK as u64;
-        let complete = closure
+        let complete: u64 = closure
             .iter()
             .scan(0, |end, i| {
                 *end += i.nar_size;
                 Some(*end)
             })
             .take_while(|end| *end <= passed)
-            .count();
+            .count() as u64;
 
         let (_dir, root) = temp_root();
         let mut agent = spawn_agent();
@@ -325,7 +313,7 @@ async fn a_killed_agent_leaves_a_consistent_store_and_a_rerun_completes() {
         let held = HoldWriter::new(inp, hold_after);
         let mut client = AgentClient::connect(out, held).await.unwrap();
         client.open_store(&root).await.unwrap();
-        let watched = root.join("nix/store");
+        let watched = root.clone();
         let killer = std::thread::spawn(move || {
             // A stuck agent fails the count below rather than hanging the test.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -351,15 +339,6 @@ async fn a_killed_agent_leaves_a_consistent_store_and_a_rerun_completes() {
         );
         check_resumes(&root, &closure).await;
     }
-}
-
-/// Store paths in place (not under a temporary name) in a store directory.
-fn placed(store: &Path) -> usize {
-    std::fs::read_dir(store).map_or(0, |d| {
-        d.filter_map(Result::ok)
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .count()
-    })
 }
 
 /// Passes frames to the agent until `blocks` NAR blocks have gone through, then holds the rest

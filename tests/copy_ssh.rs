@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use nix_oracle::{BIN, closure, path_infos};
+use nix_oracle::{BIN, closure, path_infos, placed, registered};
 use nixos_anywhere_rs::store::{StorePath, query_closure};
 use support::sshd::Sshd;
 
@@ -67,14 +67,6 @@ fn verify(root: &Path) {
         !stderr.contains("error") && !stderr.contains("modified"),
         "{stderr}"
     );
-}
-
-fn registered(root: &Path) -> u64 {
-    let db = rusqlite::Connection::open(root.join("nix/var/nix/db/db.sqlite")).unwrap();
-    db.query_row("select count(*) from ValidPaths", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .unwrap() as u64
 }
 
 /// Waits until no process holds the store root (an agent whose connection dropped finishes
@@ -164,16 +156,8 @@ fn a_lost_connection_leaves_the_target_resumable() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let store = root.join("nix/store");
-        let placed = || {
-            std::fs::read_dir(&store).map_or(0, |d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                    .count()
-            }) as u64
-        };
         let mut finished = false;
-        while placed() < kill_after_paths {
+        while placed(&root) < kill_after_paths {
             if child.try_wait().unwrap().is_some() {
                 finished = true;
                 break;

@@ -188,6 +188,25 @@ fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, String>) {
     }
 }
 
+/// Paths registered as valid in the Nix database of the store root `root`.
+pub fn registered(root: &Path) -> u64 {
+    let db = rusqlite::Connection::open(root.join("nix/var/nix/db/db.sqlite")).unwrap();
+    db.query_row("select count(*) from ValidPaths", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .unwrap() as u64
+}
+
+/// Store paths in place (not under a temporary name) in the store root `root`, registered or
+/// not.
+pub fn placed(root: &Path) -> u64 {
+    fs::read_dir(root.join("nix/store")).map_or(0, |d| {
+        d.filter_map(Result::ok)
+            .filter(|e| !e.file_name().as_bytes().starts_with(b"."))
+            .count() as u64
+    })
+}
+
 /// A fresh temporary directory below the system's temporary directory.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
