@@ -4,11 +4,11 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::progress::Progress;
 use crate::store::{PathInfo, StorePath};
-use crate::stream::{self, Compression, SendError, SendStats};
+use crate::stream::{self, Compression, FrameSink, SendError, SendStats};
 use crate::wire::{self, PROTOCOL_VERSION, Reply, Request, WireError};
 
 const PEER: &str = "agent";
@@ -40,7 +40,7 @@ pub struct Transfer {
     pub sent: SendStats,
 }
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> AgentClient<R, W> {
+impl<R: AsyncRead + Unpin, W: FrameSink> AgentClient<R, W> {
     /// Greets the agent, checking that both speak the same protocol.
     pub async fn connect(from_agent: R, to_agent: W) -> Result<Self, ClientError> {
         let mut client = Self {

@@ -7,6 +7,7 @@ use crate::client::{AgentClient, ClientError};
 use crate::ssh::{
     ExecExit, ExecStdin, ExecStdout, ExitInfo, LocalFile, Session, SshError, shell_quote,
 };
+use crate::stream::FrameSink;
 
 /// Directories tried for the agent, in order: a tmpfs on every systemd machine and on the
 /// NixOS installer first, then a per-user temporary directory.
@@ -118,6 +119,13 @@ async fn run_agent(session: &Session, command: &str) -> Result<Launch, RemoteErr
         // An agent that cannot start (wrong architecture, missing loader) says why on stderr.
         Err(ClientError::Wire(_)) => Ok(Ended(exec.exit.wait().await?)),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Frames go into the channel's queue as they are, without a copy.
+impl FrameSink for ExecStdin {
+    async fn send_frame(&mut self, frame: bytes::Bytes) -> std::io::Result<()> {
+        self.send(frame).await.map_err(std::io::Error::other)
     }
 }
 

@@ -76,9 +76,20 @@ pub enum SendError {
     Write(#[source] std::io::Error),
 }
 
+/// Where block frames go, each handed over whole: an SSH channel's stdin queues the buffer
+/// itself; any other [`AsyncWrite`] copies it (the default).
+pub trait FrameSink: AsyncWrite + Unpin {
+    fn send_frame(&mut self, frame: Bytes) -> impl Future<Output = std::io::Result<()>> {
+        async move { self.write_all(&frame).await }
+    }
+}
+
+/// A local child process (the agent in tests) reads its frames from a pipe.
+impl FrameSink for tokio::process::ChildStdin {}
+
 /// Streams the NARs of `paths`, in order, to `out` as block frames. `on_block` is called with
 /// the running NAR and wire byte counts after each block is written.
-pub async fn send_nars<W: AsyncWrite + Unpin>(
+pub async fn send_nars<W: FrameSink>(
     paths: Vec<StorePath>,
     compression: Compression,
     out: &mut W,
@@ -122,14 +133,15 @@ pub async fn send_nars<W: AsyncWrite + Unpin>(
         };
         let Ok(block) = pending.await else { break }; // the reader failed; its error follows
         let waited_for_block = waiting.elapsed();
+        let wire_len = block.frame.len() as u64;
         let writing = Instant::now();
-        out.write_all(&block.frame)
+        out.send_frame(block.frame)
             .await
             .map_err(SendError::Write)?;
         let waited_for_link = writing.elapsed();
 
         stats.nar_bytes += block.nar_len as u64;
-        stats.wire_bytes += block.frame.len() as u64;
+        stats.wire_bytes += wire_len;
         stats.waited_for_blocks += waited_for_block;
         stats.waited_for_link += waited_for_link;
         match stats.levels.iter_mut().find(|(l, _)| *l == block.level) {
@@ -138,7 +150,7 @@ pub async fn send_nars<W: AsyncWrite + Unpin>(
         }
         let times = BlockTimes {
             nar_bytes: block.nar_len as u64,
-            wire_bytes: block.frame.len() as u64,
+            wire_bytes: wire_len,
             compress_time: block.took,
             waited_for_block,
             waited_for_link,

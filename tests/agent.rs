@@ -11,7 +11,7 @@ use tokio::io::AsyncWrite;
 use nixos_anywhere_rs::client::{AgentClient, ClientError};
 use nixos_anywhere_rs::progress::Progress;
 use nixos_anywhere_rs::store::{PathInfo, StorePath, query_closure};
-use nixos_anywhere_rs::stream::{self, Compression};
+use nixos_anywhere_rs::stream::{self, Compression, FrameSink};
 use nixos_anywhere_rs::wire::{self, Reply, Request};
 
 mod nix_oracle;
@@ -219,6 +219,8 @@ struct CutWriter<W> {
     left: usize,
 }
 
+impl<W: AsyncWrite + Unpin> FrameSink for CutWriter<W> {}
+
 impl<W: AsyncWrite + Unpin> AsyncWrite for CutWriter<W> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -361,6 +363,8 @@ impl<W> HoldWriter<W> {
         }
     }
 }
+
+impl<W: AsyncWrite + Unpin> FrameSink for HoldWriter<W> {}
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for HoldWriter<W> {
     fn poll_write(

@@ -237,18 +237,19 @@ async fn write_loop(
 }
 
 impl ExecStdin {
-    /// Queues a chunk without copying it; it is sent after everything written before.
-    pub async fn send(&mut self, data: Bytes) -> Result<(), SshError> {
-        if data.is_empty() {
-            return Ok(());
-        }
+    /// Queues `data` without copying it, in slices of at most [`WRITE_CHUNK`] (so the queue
+    /// holds as few bytes as written ones would); it is sent after everything written before.
+    pub async fn send(&mut self, mut data: Bytes) -> Result<(), SshError> {
         self.reserve = None;
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| self.broken("stdin was closed"))?;
-        if tx.send(WriteOp::Data(data)).await.is_err() {
-            return Err(self.failure().await);
+        while !data.is_empty() {
+            let slice = data.split_to(data.len().min(WRITE_CHUNK));
+            let tx = self
+                .tx
+                .as_ref()
+                .ok_or_else(|| self.broken("stdin was closed"))?;
+            if tx.send(WriteOp::Data(slice)).await.is_err() {
+                return Err(self.failure().await);
+            }
         }
         Ok(())
     }
