@@ -6,13 +6,58 @@
 //! unpacks, verifies and registers paths from it, so memory stays bounded whatever the closure.
 
 use std::io::{BufReader, Read, Write};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::pipe::pipe;
 use crate::store::{PathInfo, StoreError, StoreRoot};
 use crate::wire::{self, BlockDecoder, Frame, PROTOCOL_VERSION, Reply, Request, WireError};
 
 const PEER: &str = "tool";
+
+/// Input that fails once nothing has arrived for a while. A connection that dies without a
+/// word (a pulled cable, a lost route) never closes the agent's stdin: sshd notices only hours
+/// later, and until then the agent would hold the store's lock, so that a rerun waits for it.
+/// The tool passes its own patience (`ServerAliveInterval` × `ServerAliveCountMax`): both ends
+/// give up on the same silence, and whatever arrived whole is registered.
+pub struct GiveUp<R> {
+    inner: R,
+    after: Duration,
+}
+
+impl<R: Read + AsFd> GiveUp<R> {
+    pub fn after(inner: R, after: Duration) -> Self {
+        Self { inner, after }
+    }
+}
+
+impl<R: Read + AsFd> Read for GiveUp<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let timeout = Timespec::try_from(self.after).unwrap_or(Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        });
+        loop {
+            let mut fds = [PollFd::new(&self.inner, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "nothing from the tool for {} s: the connection is gone",
+                            self.after.as_secs()
+                        ),
+                    ));
+                }
+                Ok(_) => return self.inner.read(buf),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
 
 /// Chunks of decompressed NAR in flight between the two threads (whole blocks, up to 4 MiB each).
 const PIPE_DEPTH: usize = 8;

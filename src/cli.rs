@@ -29,7 +29,11 @@ pub enum Command {
     Copy(CopyArgs),
     /// Serve the tool on stdin/stdout (run by the tool on the target, over SSH).
     #[command(hide = true)]
-    Agent,
+    Agent {
+        /// Exit when nothing arrives for this many seconds: the connection is gone.
+        #[arg(long, value_name = "SECONDS")]
+        give_up_after: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -163,7 +163,8 @@ pub async fn copy_over_ssh(
         "connected to {target} ({})",
         session.cipher().unwrap_or_default()
     );
-    let mut agent = remote::start_agent(&session, &remote::agent_binary()?).await?;
+    let mut agent =
+        remote::start_agent(&session, &remote::agent_binary()?, opts.patience()).await?;
     agent.client.open_store(root).await?;
     let paths: Vec<StorePath> = closure.iter().map(|i| i.path.clone()).collect();
     let valid = agent.client.query_valid(&paths).await?;

@@ -3,10 +3,11 @@ use std::io::{self, BufReader, BufWriter, IsTerminal, Write};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use nixos_anywhere_rs::agent::GiveUp;
 use nixos_anywhere_rs::cli::{Cli, Command, CopyArgs, NarCommand, SshArgs};
 use nixos_anywhere_rs::copy;
 use nixos_anywhere_rs::nar::{self, Canonical, NarReader};
@@ -69,7 +70,7 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Copy(args) => copy_command(args)?,
-        Command::Agent => {
+        Command::Agent { give_up_after } => {
             // Marks this build's file as in use, so that another build's upload leaves it be.
             if let Ok(exe) = std::env::current_exe() {
                 let _ = File::open(exe).and_then(|f| f.set_modified(SystemTime::now()));
@@ -80,7 +81,14 @@ fn run(cli: Cli) -> Result<()> {
             // fewer wake-ups on both sides (best effort: it may be a socket, or the limit lower).
             let _ = rustix::pipe::fcntl_setpipe_size(&stdin, 1 << 20);
             let stdout = std::fs::File::from(io::stdout().as_fd().try_clone_to_owned()?);
-            nixos_anywhere_rs::agent::serve(stdin, BufWriter::new(stdout))?;
+            let stdout = BufWriter::new(stdout);
+            match give_up_after {
+                Some(secs) => {
+                    let stdin = GiveUp::after(stdin, Duration::from_secs(secs));
+                    nixos_anywhere_rs::agent::serve(stdin, stdout)?
+                }
+                None => nixos_anywhere_rs::agent::serve(stdin, stdout)?,
+            }
         }
     }
     Ok(())

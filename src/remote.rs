@@ -2,6 +2,7 @@
 //! speak the protocol to it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::client::{AgentClient, ClientError};
 use crate::ssh::{
@@ -51,20 +52,30 @@ const NO_DIR: u32 = 43;
 /// Prefixes the directory the start script reports on stderr.
 const DIR_MARKER: &str = "nixos-anywhere-rs agent directory: ";
 
-/// Starts `binary` on the target as the agent, uploading it first unless it is there already.
+/// Starts `binary` on the target as the agent, uploading it first unless it is there already;
+/// it gives up on a connection silent for `give_up_after`.
 ///
 /// The agent's file is named by its SHA-256 in a directory only this user may write to, and an
 /// upload lands under a temporary name that is renamed only once its hash checked out: a file by
 /// that name is this build. So when it is there (every run but the first after a rebuild), one
 /// exec both finds it and starts it: no round trip for a hash check.
-pub async fn start_agent(session: &Session, binary: &Path) -> Result<Agent, RemoteError> {
+pub async fn start_agent(
+    session: &Session,
+    binary: &Path,
+    give_up_after: Option<Duration>,
+) -> Result<Agent, RemoteError> {
     let agent = LocalFile::read(binary).await?;
+    // The agent exits after as long a silence as the client tolerates (see `agent::GiveUp`).
+    let args = match give_up_after {
+        Some(after) => format!(" --give-up-after {}", after.as_secs().max(1)),
+        None => String::new(),
+    };
     // The file's name says which build it is.
     let name = format!("nixos-anywhere-rs-{}", &agent.sha256()[..32]);
     let start = format!(
         r#"for d in {AGENT_DIRS}; do
   mkdir -p "$d" 2>/dev/null && [ -O "$d" ] && chmod 700 "$d" 2>/dev/null || continue
-  [ -x "$d/{name}" ] && exec "$d/{name}" agent
+  [ -x "$d/{name}" ] && exec "$d/{name}" agent{args}
   echo "{DIR_MARKER}$d" >&2; exit {NEEDS_UPLOAD}
 done
 exit {NO_DIR}"#
@@ -91,7 +102,7 @@ exit {NO_DIR}"#
     // Before it starts, remove other builds' agents unused for an hour (each agent touches its
     // file when it starts): a few MiB each, in RAM on an installer.
     let start = format!(
-        "find {dir} -maxdepth 1 -name 'nixos-anywhere-rs*' ! -name '*.tmp.*' ! -name {name} -mmin +60 -exec rm -f {{}} + 2>/dev/null; exec {remote} agent",
+        "find {dir} -maxdepth 1 -name 'nixos-anywhere-rs*' ! -name '*.tmp.*' ! -name {name} -mmin +60 -exec rm -f {{}} + 2>/dev/null; exec {remote} agent{args}",
         dir = shell_quote(&dir),
         remote = shell_quote(&remote),
     );

@@ -24,8 +24,13 @@ fn small_closure() -> Vec<PathInfo> {
 }
 
 fn spawn_agent() -> tokio::process::Child {
+    spawn_agent_with(&[])
+}
+
+fn spawn_agent_with(args: &[&str]) -> tokio::process::Child {
     tokio::process::Command::new(BIN)
         .arg("agent")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -141,6 +146,41 @@ async fn streams_a_closure_that_nix_accepts_and_skips_it_the_second_time() {
         assert_eq!(got, expected, "{compression:?}");
         assert_eq!(transfer(&root, &closure, compression).await.unwrap(), 0);
     }
+}
+
+/// A tool of another protocol version is told so, in words that say what to do.
+#[test]
+fn an_agent_refuses_a_tool_of_another_protocol_version() {
+    let hello = Request::Hello {
+        protocol: wire::PROTOCOL_VERSION + 1,
+        version: "from the future".into(),
+    };
+    let mut agent = Command::new(BIN)
+        .arg("agent")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let mut stdin = agent.stdin.take().unwrap();
+    stdin.write_all(&wire::message_frame(&hello)).unwrap();
+    let out = agent.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let mut replies = out.stdout.as_slice();
+    let Some(wire::Frame::Message(m)) = wire::read_frame(&mut replies, "agent").unwrap() else {
+        panic!("no reply")
+    };
+    let Reply::Error { message } = wire::decode::<Reply>(&m, "agent").unwrap() else {
+        panic!("not an error reply")
+    };
+    let expected = format!(
+        "the agent speaks protocol version {}, this tool version {}: use the same nixos-anywhere-rs build on both ends",
+        wire::PROTOCOL_VERSION,
+        wire::PROTOCOL_VERSION + 1
+    );
+    assert_eq!(message, expected);
+    drop(stdin);
 }
 
 /// A hostile or broken tool: the NAR bytes of a path do not match its declared hash.
@@ -341,6 +381,53 @@ async fn a_killed_agent_leaves_a_consistent_store_and_a_rerun_completes() {
         );
         check_resumes(&root, &closure).await;
     }
+}
+
+/// A connection that dies without a word leaves the agent's stdin open: the agent gives up after
+/// the silence it was told to tolerate, registers what arrived whole and exits, so that the
+/// store's lock is free for the rerun.
+#[tokio::test]
+async fn an_agent_left_in_silence_gives_up_and_frees_the_store_for_a_rerun() {
+    let closure = small_closure();
+    let total_nar: u64 = closure.iter().map(|i| i.nar_size).sum();
+    let hold_after = total_nar.div_ceil(stream::BLOCK as u64) / 2;
+    let passed = hold_after * stream::BLOCK as u64;
+    let complete = closure
+        .iter()
+        .scan(0, |end, i| {
+            *end += i.nar_size;
+            Some(*end)
+        })
+        .take_while(|end| *end <= passed)
+        .count() as u64;
+
+    let (_dir, root) = temp_root();
+    let mut agent = spawn_agent_with(&["--give-up-after", "2"]);
+    let (out, inp) = (agent.stdout.take().unwrap(), agent.stdin.take().unwrap());
+    let held = HoldWriter::new(inp, hold_after);
+    let mut client = AgentClient::connect(out, held).await.unwrap();
+    client.open_store(&root).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut progress = Progress::new(closure.len() as u64, 0);
+    let receive = client.receive(&closure, Compression::Level(1), &mut progress);
+    let result = tokio::time::timeout(std::time::Duration::from_secs(60), receive)
+        .await
+        .expect("the agent did not give up within a minute");
+    match result {
+        Err(ClientError::Agent(message)) => {
+            assert!(
+                message.contains("nothing from the tool for 2 s"),
+                "{message}"
+            )
+        }
+        other => panic!("expected the agent's error, got {other:?}"),
+    }
+    let status = agent.wait().await.unwrap();
+    assert!(!status.success());
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+    // Registered, not only in place: the agent flushed before it exited.
+    assert_eq!(registered(&root), complete);
+    check_resumes(&root, &closure).await;
 }
 
 /// Passes frames to the agent until `blocks` NAR blocks have gone through, then holds the rest

@@ -230,6 +230,13 @@ impl SshOptions {
         opts
     }
 
+    /// How long the connection may stay silent before the client gives up on it
+    /// (`ServerAliveInterval` × `ServerAliveCountMax`), or `None` without keepalives.
+    pub fn patience(&self) -> Option<Duration> {
+        let max = u32::try_from(self.keepalive_max.max(1)).unwrap_or(u32::MAX);
+        self.keepalive_interval.map(|every| every * max)
+    }
+
     /// Applies one `-o`/`--ssh-option` setting, `Key=Value` or `Key Value`, keys
     /// case-insensitive as in OpenSSH.
     pub fn set_option(&mut self, key_eq_value: &str) -> Result<(), SshError> {
