@@ -7,14 +7,29 @@ mod support;
 use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix_oracle::{BIN, closure, path_infos, placed, registered};
 use nixos_anywhere_rs::store::{StorePath, query_closure};
+use support::netns::{LinkPair, SERVER_ADDR};
 use support::sshd::Sshd;
 
 fn copy_command(sshd: &Sshd, root: &Path, top: &str, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
+    copy_command_from(None, sshd, root, top, extra)
+}
+
+/// The copy command, run in `link`'s client namespace if given.
+fn copy_command_from(
+    link: Option<&LinkPair>,
+    sshd: &Sshd,
+    root: &Path,
+    top: &str,
+    extra: &[&str],
+) -> Command {
+    let mut cmd = match link {
+        Some(link) => link.client_command(BIN),
+        None => Command::new(BIN),
+    };
     cmd.args(["copy", "--json", "--to"])
         .arg(format!("ssh://{}", sshd.destination()))
         .arg("-i")
@@ -264,4 +279,115 @@ fn the_agent_is_uploaded_once_per_build() {
     for file in [&uploaded, &recent] {
         std::fs::remove_file(file).unwrap();
     }
+}
+
+/// Over a 20 Mbit/s link between two network namespaces of the test's own, the copy is whole and
+/// right, and `auto` compresses: there the link, not the CPU, is what limits.
+#[test]
+fn copies_over_a_shaped_link_compressing_for_it() {
+    let link = LinkPair::new("sh");
+    link.shape("20mbit");
+    let sshd = Sshd::start_in_netns(&link.server_ns, SERVER_ADDR);
+    let top = closure("small");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+
+    let out = copy_command_from(Some(&link), &sshd, &root, &top, &[])
+        .output()
+        .unwrap();
+    assert_ok(&out, &sshd);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    verify(&root);
+    assert_eq!(path_infos(&top, Some(&root)), path_infos(&top, None));
+    let (mut compressed, mut blocks) = (0, 0);
+    for pair in summary["zstd_levels"].as_array().expect("zstd_levels") {
+        let (level, n) = (pair[0].as_i64().unwrap(), pair[1].as_u64().unwrap());
+        blocks += n;
+        if level > 0 {
+            compressed += n;
+        }
+    }
+    assert!(compressed * 2 > blocks, "{summary}");
+    let (nar, wire) = (
+        summary["nar_bytes"].as_u64().unwrap(),
+        summary["wire_bytes"].as_u64().unwrap(),
+    );
+    assert!(wire * 10 < nar * 6, "{summary}");
+}
+
+/// A link that goes silent mid-transfer, as a pulled cable does (no reset, no error): the tool
+/// gives up after its keepalives go unanswered, the agent after as long a silence, freeing the
+/// store; once the link is back, a rerun sends exactly what was not registered.
+#[test]
+fn a_connection_that_dies_silently_leaves_the_target_free_and_resumable() {
+    let link = LinkPair::new("cut");
+    link.shape("8mbit");
+    let sshd = Sshd::start_in_netns(&link.server_ns, SERVER_ADDR);
+    let top = closure("small");
+    let closure = query_closure(&[StorePath::parse(&top).unwrap()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let patience = [
+        "--ssh-option",
+        "ServerAliveInterval=1",
+        "--ssh-option",
+        "ServerAliveCountMax=3",
+    ];
+
+    let mut child = copy_command_from(Some(&link), &sshd, &root, &top, &patience)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while placed(&root) < 3 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the copy ended before the cut"
+        );
+        assert!(Instant::now() < deadline, "no progress: {}", sshd.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    link.set_link(false);
+    let cut = Instant::now();
+    let out = loop {
+        if child.try_wait().unwrap().is_some() {
+            break child.wait_with_output().unwrap();
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(60),
+            "the tool did not give up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!out.status.success(), "the copy succeeded over a dead link");
+    // The agent, still running on the other side of the dead link, must let go of the store.
+    let lock = File::open(root.join("nix/var/nix/db/big-lock")).unwrap();
+    while rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        assert!(
+            cut.elapsed() < Duration::from_secs(60),
+            "the agent still holds the store"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(lock);
+    verify(&root);
+
+    link.set_link(true);
+    let before = registered(&root);
+    assert!(
+        before < closure.len() as u64,
+        "everything arrived before the cut"
+    );
+    let out = copy_command_from(Some(&link), &sshd, &root, &top, &patience)
+        .output()
+        .unwrap();
+    assert_ok(&out, &sshd);
+    let rerun: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        rerun["paths_sent"],
+        closure.len() as u64 - before,
+        "{rerun}"
+    );
+    verify(&root);
 }

@@ -20,6 +20,9 @@ pub struct Sshd {
     pub client_key: PathBuf,
     /// Configuration lines before the defaults (sshd takes a keyword's first value).
     extra: String,
+    /// The address it listens on, and the network namespace it runs in if not the host's.
+    listen: String,
+    netns: Option<String>,
 }
 
 /// Runs a program that must succeed, with a message naming it otherwise.
@@ -69,6 +72,15 @@ impl Sshd {
 
     /// Starts a fresh server with `extra` lines in its configuration.
     pub fn start_with(extra: &str) -> Sshd {
+        Self::start_at(extra, "127.0.0.1", None)
+    }
+
+    /// Starts a fresh server in the network namespace `netns`, listening on `addr` there.
+    pub fn start_in_netns(netns: &str, addr: &str) -> Sshd {
+        Self::start_at("", addr, Some(netns.to_owned()))
+    }
+
+    fn start_at(extra: &str, listen: &str, netns: Option<String>) -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} not found: run scripts/setup (it installs openssh-server)"
@@ -89,9 +101,16 @@ impl Sshd {
             child: None,
             client_key,
             extra: extra.to_owned(),
+            listen: listen.to_owned(),
+            netns,
         };
         for _ in 0..10 {
-            sshd.port = free_port();
+            // A namespace of the test's own has every port free.
+            sshd.port = if sshd.netns.is_some() {
+                22
+            } else {
+                free_port()
+            };
             if sshd.spawn() {
                 return sshd;
             }
@@ -103,9 +122,9 @@ impl Sshd {
         self.dir.path()
     }
 
-    /// `user@127.0.0.1:port`.
+    /// `user@address:port`.
     pub fn destination(&self) -> String {
-        format!("{}@127.0.0.1:{}", user(), self.port)
+        format!("{}@{}:{}", user(), self.listen, self.port)
     }
 
     /// The host key's public line, `ssh-ed25519 AAAA...`.
@@ -117,7 +136,12 @@ impl Sshd {
 
     /// A known_hosts line for this server.
     pub fn known_hosts_line(&self) -> String {
-        format!("[127.0.0.1]:{} {}\n", self.port, self.host_public_key())
+        format!(
+            "[{}]:{} {}\n",
+            self.listen,
+            self.port,
+            self.host_public_key()
+        )
     }
 
     /// Stops the server, gives it a new host key and starts it again on the same port.
@@ -152,7 +176,7 @@ impl Sshd {
         let config = format!(
             "{extra}\
              Port {port}\n\
-             ListenAddress 127.0.0.1\n\
+             ListenAddress {listen}\n\
              HostKey {d}/host_key\n\
              PidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\n\
@@ -166,12 +190,21 @@ impl Sshd {
              MaxStartups 64\n\
              LogLevel VERBOSE\n",
             port = self.port,
+            listen = self.listen,
             d = d.display(),
             extra = self.extra,
         );
         fs::write(d.join("sshd_config"), config).unwrap();
         let log = fs::File::create(d.join("sshd.log")).unwrap();
-        let child = Command::new(SSHD)
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, SSHD]);
+                c
+            }
+            None => Command::new(SSHD),
+        };
+        let child = command
             .args(["-D", "-e", "-f"])
             .arg(d.join("sshd_config"))
             .stdin(Stdio::null())
@@ -186,7 +219,12 @@ impl Sshd {
                 self.child = None;
                 return false;
             }
-            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+            if self.netns.is_some() {
+                // Out of the host's reach: its log says when it listens.
+                if self.log().contains("Server listening on") {
+                    return true;
+                }
+            } else if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut banner = [0u8; 4];
                 if stream.read_exact(&mut banner).is_ok() && &banner == b"SSH-" {

@@ -1,0 +1,149 @@
+//! Two network namespaces joined by a veth pair, made by the test that uses them and deleted on
+//! drop: a client side and a server side with their own addresses in a /30 that exists only
+//! inside them, so nothing is routed to or from the host. `tc` shapes the link (tbf: this
+//! kernel has no netem) and the link can be cut without a word, as a pulled cable is.
+
+use std::process::{Command, Stdio};
+
+/// The server end's address; the client end is 10.213.0.1.
+pub const SERVER_ADDR: &str = "10.213.0.2";
+
+pub struct LinkPair {
+    pub client_ns: String,
+    pub server_ns: String,
+    server_if: String,
+    client_if: String,
+}
+
+/// Runs `ip`/`tc` arguments that must succeed.
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {program}: {e}; run scripts/setup first"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl LinkPair {
+    /// Creates the pair; `tag` (a few letters) keeps the names of concurrent tests apart.
+    pub fn new(tag: &str) -> LinkPair {
+        let id = format!("{tag}{}", std::process::id() % 100_000);
+        let pair = LinkPair {
+            client_ns: format!("nar-test-{id}-c"),
+            server_ns: format!("nar-test-{id}-s"),
+            // Interface names have at most 15 bytes.
+            client_if: format!("nc{id}"),
+            server_if: format!("ns{id}"),
+        };
+        pair.delete(); // the remains of a test that was killed
+        for ns in [&pair.client_ns, &pair.server_ns] {
+            run("ip", &["netns", "add", ns]);
+            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        // Created inside the namespaces: the names never exist in the host's.
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &pair.client_if,
+                "netns",
+                &pair.client_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &pair.server_if,
+                "netns",
+                &pair.server_ns,
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                &pair.client_ns,
+                "addr",
+                "add",
+                "10.213.0.1/30",
+                "dev",
+                &pair.client_if,
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                &pair.server_ns,
+                "addr",
+                "add",
+                &format!("{SERVER_ADDR}/30"),
+                "dev",
+                &pair.server_if,
+            ],
+        );
+        pair.set_link(true);
+        pair
+    }
+
+    /// Limits both directions to `rate` (`tc` syntax, e.g. `20mbit`) with a token bucket.
+    pub fn shape(&self, rate: &str) {
+        for (ns, dev) in [
+            (&self.client_ns, &self.client_if),
+            (&self.server_ns, &self.server_if),
+        ] {
+            run(
+                "tc",
+                &[
+                    "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate, "burst",
+                    "64kb", "latency", "50ms",
+                ],
+            );
+        }
+    }
+
+    /// Takes the link down or up. Down, packets are dropped without a word to either end, as
+    /// when a cable is pulled: no reset, no error, only silence.
+    pub fn set_link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        for (ns, dev) in [
+            (&self.client_ns, &self.client_if),
+            (&self.server_ns, &self.server_if),
+        ] {
+            run("ip", &["-n", ns, "link", "set", dev, state]);
+        }
+    }
+
+    /// `program` with `args`, to be run in the client's namespace.
+    pub fn client_command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.client_ns, program]);
+        cmd
+    }
+
+    fn delete(&self) {
+        for ns in [&self.client_ns, &self.server_ns] {
+            // Whatever still runs in it (a server, an agent) goes with it.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for LinkPair {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
