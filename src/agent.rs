@@ -25,23 +25,28 @@ const PEER: &str = "tool";
 pub struct GiveUp<R> {
     inner: R,
     after: Duration,
+    timeout: Timespec,
 }
 
 impl<R: Read + AsFd> GiveUp<R> {
     pub fn after(inner: R, after: Duration) -> Self {
-        Self { inner, after }
+        let timeout = Timespec::try_from(after).unwrap_or(Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        });
+        Self {
+            inner,
+            after,
+            timeout,
+        }
     }
 }
 
 impl<R: Read + AsFd> Read for GiveUp<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let timeout = Timespec::try_from(self.after).unwrap_or(Timespec {
-            tv_sec: i64::MAX,
-            tv_nsec: 0,
-        });
         loop {
             let mut fds = [PollFd::new(&self.inner, PollFlags::IN)];
-            match rustix::event::poll(&mut fds, Some(&timeout)) {
+            match rustix::event::poll(&mut fds, Some(&self.timeout)) {
                 Ok(0) => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,

@@ -160,7 +160,7 @@ impl<R: AsyncRead + Unpin, W: FrameSink> AgentClient<R, W> {
 
 /// Reads the agent's next message; an [`Reply::Error`] becomes [`ClientError::Agent`].
 async fn read_reply(from_agent: &mut (impl AsyncRead + Unpin)) -> Result<Reply, ClientError> {
-    let mut h = [0u8; 5];
+    let mut h = [0u8; wire::HEADER_LEN];
     from_agent.read_exact(&mut h).await.map_err(closed)?;
     let (kind, len) = wire::parse_header(h, PEER)?;
     if kind != wire::MESSAGE {

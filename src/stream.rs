@@ -306,9 +306,10 @@ fn compress(nar: &[u8], previous: Option<&[u8]>, level: i32) -> Option<Vec<u8>> 
 /// It starts at level 1 and looks at windows of blocks (the first one, a burst into empty
 /// buffers, only warms up, unless even that burst is too fast for compression to pay). While
 /// the writer waits for the channel and the wire carries about as much as it did at the lower
-/// levels lately, the link is the bottleneck: fewer bytes on it move more NAR, so it climbs, as long as the compression pool (timed per block) could still
-/// do at least twice the rate reached (more steps when it could do far more, so a slow link
-/// gets a high level within seconds). Where the wire moves faster than a gigabit link can
+/// levels lately, the link is the bottleneck: fewer bytes on it move more NAR, so it climbs, as
+/// long as the compression pool (timed per block) could still do at least twice the rate
+/// reached (more steps when it could do far more, so a slow link gets a high level within
+/// seconds). Where the wire moves faster than a gigabit link can
 /// ([`AutoLevel::FAST_WIRE`]), it first tries sending raw once. It steps down, and avoids the
 /// level it left for a while ([`AutoLevel::REMEMBER`]), when the writer waits for compressed
 /// blocks (the pool is the bottleneck) or when the wire carries clearly less than it did at a
