@@ -337,24 +337,10 @@ async fn a_killed_agent_leaves_a_consistent_store_and_a_rerun_completes() {
     let blocks = total_nar.div_ceil(stream::BLOCK as u64);
     assert!(blocks >= 3, "the small closure fills {blocks} blocks");
     for hold_after in [1, blocks / 2, blocks - 1] {
-        // Paths whose NAR ends within the blocks that pass.
-        let passed = hold_after * stream::BLOCK as u64;
-        let complete: u64 = closure
-            .iter()
-            .scan(0, |end, i| {
-                *end += i.nar_size;
-                Some(*end)
-            })
-            .take_while(|end| *end <= passed)
-            .count() as u64;
-
+        let complete = complete_within(&closure, hold_after);
         let (_dir, root) = temp_root();
-        let mut agent = spawn_agent();
+        let (mut agent, mut client) = held_agent(&root, hold_after, &[]).await;
         let pid = agent.id().unwrap();
-        let (out, inp) = (agent.stdout.take().unwrap(), agent.stdin.take().unwrap());
-        let held = HoldWriter::new(inp, hold_after);
-        let mut client = AgentClient::connect(out, held).await.unwrap();
-        client.open_store(&root).await.unwrap();
         let watched = root.clone();
         let killer = std::thread::spawn(move || {
             // A stuck agent fails the count below rather than hanging the test.
@@ -391,22 +377,9 @@ async fn an_agent_left_in_silence_gives_up_and_frees_the_store_for_a_rerun() {
     let closure = small_closure();
     let total_nar: u64 = closure.iter().map(|i| i.nar_size).sum();
     let hold_after = total_nar.div_ceil(stream::BLOCK as u64) / 2;
-    let passed = hold_after * stream::BLOCK as u64;
-    let complete = closure
-        .iter()
-        .scan(0, |end, i| {
-            *end += i.nar_size;
-            Some(*end)
-        })
-        .take_while(|end| *end <= passed)
-        .count() as u64;
-
+    let complete = complete_within(&closure, hold_after);
     let (_dir, root) = temp_root();
-    let mut agent = spawn_agent_with(&["--give-up-after", "2"]);
-    let (out, inp) = (agent.stdout.take().unwrap(), agent.stdin.take().unwrap());
-    let held = HoldWriter::new(inp, hold_after);
-    let mut client = AgentClient::connect(out, held).await.unwrap();
-    client.open_store(&root).await.unwrap();
+    let (mut agent, mut client) = held_agent(&root, hold_after, &["--give-up-after", "2"]).await;
     let started = std::time::Instant::now();
     let mut progress = Progress::new(closure.len() as u64, 0);
     let receive = client.receive(&closure, Compression::Level(1), &mut progress);
@@ -428,6 +401,37 @@ async fn an_agent_left_in_silence_gives_up_and_frees_the_store_for_a_rerun() {
     // Registered, not only in place: the agent flushed before it exited.
     assert_eq!(registered(&root), complete);
     check_resumes(&root, &closure).await;
+}
+
+/// How many paths of `closure` have their whole NAR within its first `blocks` blocks.
+fn complete_within(closure: &[PathInfo], blocks: u64) -> u64 {
+    let passed = blocks * stream::BLOCK as u64;
+    closure
+        .iter()
+        .scan(0, |end, i| {
+            *end += i.nar_size;
+            Some(*end)
+        })
+        .take_while(|end| *end <= passed)
+        .count() as u64
+}
+
+type HeldClient = AgentClient<tokio::process::ChildStdout, HoldWriter<tokio::process::ChildStdin>>;
+
+/// An agent (started with `args`) whose store is open at `root`, behind a [`HoldWriter`] that
+/// lets `blocks` NAR blocks through.
+async fn held_agent(
+    root: &Path,
+    blocks: u64,
+    args: &[&str],
+) -> (tokio::process::Child, HeldClient) {
+    let mut agent = spawn_agent_with(args);
+    let (out, inp) = (agent.stdout.take().unwrap(), agent.stdin.take().unwrap());
+    let mut client = AgentClient::connect(out, HoldWriter::new(inp, blocks))
+        .await
+        .unwrap();
+    client.open_store(root).await.unwrap();
+    (agent, client)
 }
 
 /// Passes frames to the agent until `blocks` NAR blocks have gone through, then holds the rest

@@ -281,13 +281,20 @@ fn the_agent_is_uploaded_once_per_build() {
     }
 }
 
+/// A namespace pair of the test's own (see `support::netns`), its link shaped to `rate`, and an
+/// sshd at the server end.
+fn shaped_link(tag: &str, rate: &str) -> (LinkPair, Sshd) {
+    let link = LinkPair::new(tag);
+    link.shape(rate);
+    let sshd = Sshd::start_in_netns(&link.server_ns, SERVER_ADDR);
+    (link, sshd)
+}
+
 /// Over a 20 Mbit/s link between two network namespaces of the test's own, the copy is whole and
 /// right, and `auto` compresses: there the link, not the CPU, is what limits.
 #[test]
 fn copies_over_a_shaped_link_compressing_for_it() {
-    let link = LinkPair::new("sh");
-    link.shape("20mbit");
-    let sshd = Sshd::start_in_netns(&link.server_ns, SERVER_ADDR);
+    let (link, sshd) = shaped_link("sh", "20mbit");
     let top = closure("small");
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
@@ -320,9 +327,7 @@ fn copies_over_a_shaped_link_compressing_for_it() {
 /// store; once the link is back, a rerun sends exactly what was not registered.
 #[test]
 fn a_connection_that_dies_silently_leaves_the_target_free_and_resumable() {
-    let link = LinkPair::new("cut");
-    link.shape("8mbit");
-    let sshd = Sshd::start_in_netns(&link.server_ns, SERVER_ADDR);
+    let (link, sshd) = shaped_link("cut", "8mbit");
     let top = closure("small");
     let closure = query_closure(&[StorePath::parse(&top).unwrap()]).unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -3,3 +3,18 @@
 
 pub mod netns;
 pub mod sshd;
+
+use std::process::{Command, Stdio};
+
+/// Runs a program that must succeed, with a message naming it otherwise.
+pub fn run(cmd: &mut Command) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}; run scripts/setup first"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

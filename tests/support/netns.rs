@@ -5,6 +5,8 @@
 
 use std::process::{Command, Stdio};
 
+use super::run;
+
 /// The server end's address; the client end is 10.213.0.1.
 pub const SERVER_ADDR: &str = "10.213.0.2";
 
@@ -15,18 +17,12 @@ pub struct LinkPair {
     client_if: String,
 }
 
-/// Runs `ip`/`tc` arguments that must succeed.
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("could not run {program}: {e}; run scripts/setup first"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn ip(args: &[&str]) {
+    run(Command::new("ip").args(args));
+}
+
+fn tc(args: &[&str]) {
+    run(Command::new("tc").args(args));
 }
 
 impl LinkPair {
@@ -42,51 +38,42 @@ impl LinkPair {
         };
         pair.delete(); // the remains of a test that was killed
         for ns in [&pair.client_ns, &pair.server_ns] {
-            run("ip", &["netns", "add", ns]);
-            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
         // Created inside the namespaces: the names never exist in the host's.
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &pair.client_if,
-                "netns",
-                &pair.client_ns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &pair.server_if,
-                "netns",
-                &pair.server_ns,
-            ],
-        );
-        run(
-            "ip",
-            &[
-                "-n",
-                &pair.client_ns,
-                "addr",
-                "add",
-                "10.213.0.1/30",
-                "dev",
-                &pair.client_if,
-            ],
-        );
-        run(
-            "ip",
-            &[
-                "-n",
-                &pair.server_ns,
-                "addr",
-                "add",
-                &format!("{SERVER_ADDR}/30"),
-                "dev",
-                &pair.server_if,
-            ],
-        );
+        ip(&[
+            "link",
+            "add",
+            &pair.client_if,
+            "netns",
+            &pair.client_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pair.server_if,
+            "netns",
+            &pair.server_ns,
+        ]);
+        ip(&[
+            "-n",
+            &pair.client_ns,
+            "addr",
+            "add",
+            "10.213.0.1/30",
+            "dev",
+            &pair.client_if,
+        ]);
+        ip(&[
+            "-n",
+            &pair.server_ns,
+            "addr",
+            "add",
+            &format!("{SERVER_ADDR}/30"),
+            "dev",
+            &pair.server_if,
+        ]);
         pair.set_link(true);
         pair
     }
@@ -97,13 +84,10 @@ impl LinkPair {
             (&self.client_ns, &self.client_if),
             (&self.server_ns, &self.server_if),
         ] {
-            run(
-                "tc",
-                &[
-                    "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate, "burst",
-                    "64kb", "latency", "50ms",
-                ],
-            );
+            tc(&[
+                "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate, "burst",
+                "64kb", "latency", "50ms",
+            ]);
         }
     }
 
@@ -115,7 +99,7 @@ impl LinkPair {
             (&self.client_ns, &self.client_if),
             (&self.server_ns, &self.server_if),
         ] {
-            run("ip", &["-n", ns, "link", "set", dev, state]);
+            ip(&["-n", ns, "link", "set", dev, state]);
         }
     }
 

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::run;
+
 const SSHD: &str = "/usr/sbin/sshd";
 
 pub struct Sshd {
@@ -23,19 +25,6 @@ pub struct Sshd {
     /// The address it listens on, and the network namespace it runs in if not the host's.
     listen: String,
     netns: Option<String>,
-}
-
-/// Runs a program that must succeed, with a message naming it otherwise.
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}; run scripts/setup first"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Generates an unencrypted ed25519 key pair at `path` and `path.pub`.
