@@ -5,9 +5,9 @@
 pub mod agent;
 pub mod cli;
 pub mod client;
-pub mod command;
 pub mod copy;
 pub mod disk;
+pub mod exec;
 pub mod nar;
 pub mod pipe;
 pub mod plan;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::client::{AgentClient, ClientError};
+use crate::exec::stderr_tail;
 use crate::ssh::{
     ExecExit, ExecStdin, ExecStdout, ExitInfo, LocalFile, Session, SshError, shell_quote,
 };
@@ -22,9 +23,9 @@ pub enum RemoteError {
     Client(#[from] ClientError),
     #[error("no writable directory for the agent on the target (tried {AGENT_DIRS})")]
     NoAgentDir,
-    #[error("the agent on the target failed to start ({status}){}", stderr_note(.stderr))]
+    #[error("the agent on the target failed to start ({status}){}", stderr_tail(.stderr))]
     AgentStart { status: String, stderr: String },
-    #[error("the agent on the target ended with {status}{}", stderr_note(.stderr))]
+    #[error("the agent on the target ended with {status}{}", stderr_tail(.stderr))]
     AgentExit { status: String, stderr: String },
     #[error("this executable: {0}")]
     SelfPath(#[source] std::io::Error),
@@ -160,15 +161,5 @@ impl Agent {
             status: info.describe(),
             stderr,
         })
-    }
-}
-
-fn stderr_note(stderr: &str) -> String {
-    let tail: Vec<&str> = stderr.trim_end().lines().rev().take(10).collect();
-    if tail.is_empty() {
-        String::new()
-    } else {
-        let lines: Vec<&str> = tail.into_iter().rev().collect();
-        format!(":\n  {}", lines.join("\n  "))
     }
 }

@@ -15,8 +15,8 @@ use std::process::{Command, Stdio};
 
 use generate::{CASES, Case};
 use nix_oracle::{BIN, nix, nix_store, output, run, snapshot};
+use nixos_anywhere_rs::nar::hash::nix32_encode;
 use nixos_anywhere_rs::nar::{self, Canonical, NarError, NarReader, RestoreError};
-use nixos_anywhere_rs::store::hash::nix32_encode;
 use nixos_anywhere_rs::store::{NarHash, PathInfo, StoreError, StorePath, StoreRoot};
 
 fn corpus_dir() -> PathBuf {

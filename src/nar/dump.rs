@@ -6,8 +6,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use super::hash::{HashingWriter, NarHash};
 use super::{MAGIC, padding};
-use crate::store::hash::{HashingWriter, NarHash};
 
 /// Size of the buffer file contents are copied through.
 const COPY_BUFFER: usize = 256 * 1024;

@@ -16,10 +16,12 @@
 //! one safely below a directory.
 
 mod dump;
+pub mod hash;
 mod reader;
 mod restore;
 
 pub use dump::{dump, dump_hash};
+pub use hash::NarHash;
 pub use reader::{Entry, NarError, NarReader, Problem};
 pub use restore::{Canonical, RestoreError, remove_tree, restore, restore_into};
 

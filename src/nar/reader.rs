@@ -9,8 +9,8 @@
 
 use std::io::{self, BufRead, Read};
 
+use super::hash::{HashCounter, NarHash};
 use super::{MAGIC, MAX_DEPTH, MAX_NAME_LEN, MAX_TARGET_LEN, padding};
-use crate::store::hash::{HashCounter, NarHash};
 
 /// One step of a NAR walk. `name` is `None` for the archive's root node.
 #[derive(Debug, Clone, PartialEq, Eq)]

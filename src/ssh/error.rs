@@ -3,6 +3,8 @@
 use std::io;
 use std::time::Duration;
 
+use crate::exec::stderr_tail;
+
 /// Every failure of the SSH layer. No variant ever carries private key text.
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
@@ -104,14 +106,4 @@ fn connect_hint(e: &io::Error) -> &'static str {
         io::ErrorKind::NotFound => "; check the host name, or pass an IP address",
         _ => "",
     }
-}
-
-/// The last lines of a remote command's standard error, for an error message.
-pub(crate) fn stderr_tail(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr.trim_end().lines().collect();
-    if lines.is_empty() {
-        return String::new();
-    }
-    let tail = &lines[lines.len().saturating_sub(20)..];
-    format!(":\n  {}", tail.join("\n  "))
 }

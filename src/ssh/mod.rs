@@ -26,6 +26,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use crate::exec::Cmd;
+
 pub use error::SshError;
 pub use exec::{Exec, ExecExit, ExecStdin, ExecStdout, ExitInfo};
 pub use hostkey::{HostKeyPin, fingerprint};
@@ -382,18 +384,7 @@ impl Session {
     }
 }
 
-/// Quotes a word for a POSIX shell.
-pub fn shell_quote(word: &str) -> String {
-    if !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:+,@%".contains(&b))
-    {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
-}
+pub use crate::exec::shell_quote;
 
 fn known_hosts_files(opts: &SshOptions) -> Vec<PathBuf> {
     if !opts.known_hosts.is_empty() || opts.strict_host_key_checking == StrictHostKeyChecking::No {
@@ -515,15 +506,13 @@ async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
         }
         Err(e) => e.to_string(),
     };
-    let getent = tokio::process::Command::new("getent")
-        .args(["ahosts", host])
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .await;
+    let getent = Cmd::new("getent").args(["ahosts", host]);
+    let answer = tokio::task::spawn_blocking(move || getent.output())
+        .await
+        .map_err(std::io::Error::other)?;
     let mut addrs = Vec::new();
-    if let Ok(out) = getent {
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
+    if let Ok(stdout) = answer {
+        for line in String::from_utf8_lossy(&stdout).lines() {
             if let Some(Ok(ip)) = line.split_whitespace().next().map(str::parse::<IpAddr>) {
                 let addr = SocketAddr::new(ip, port);
                 if !addrs.contains(&addr) {

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use super::hash::NarHash;
 use super::path::StorePath;
-use crate::command::Cmd;
+use crate::exec::Cmd;
+use crate::nar::NarHash;
 
 /// Everything the target needs to register a path: its NAR hash and size, references, deriver,
 /// signatures and content address. Serialises as `nix path-info --json` does.

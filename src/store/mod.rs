@@ -1,19 +1,18 @@
 //! The Nix store: validated store paths, path infos, and a writer for a store root.
 
 pub mod db;
-pub mod hash;
 pub mod info;
 pub mod path;
 mod root;
 
 use std::path::{Path, PathBuf};
 
-pub use hash::NarHash;
+pub use crate::nar::NarHash;
 pub use info::{PathInfo, dependency_order, query_closure};
 pub use path::{STORE_DIR, StorePath, StorePathError};
 pub use root::StoreRoot;
 
-use crate::command::CmdError;
+use crate::exec::CmdError;
 use crate::nar::RestoreError;
 
 #[derive(Debug, thiserror::Error)]

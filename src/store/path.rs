@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::hash::nix32_len;
+use crate::nar::hash::{is_nix32_digit, nix32_len};
 
 /// The only store directory this tool writes: a store root `R` holds `R/nix/store`.
 pub const STORE_DIR: &str = "/nix/store";
@@ -50,9 +50,7 @@ impl StorePath {
         let bytes = base.as_bytes();
         let digest_ok = bytes.len() > DIGEST_LEN
             && bytes[DIGEST_LEN] == b'-'
-            && bytes[..DIGEST_LEN]
-                .iter()
-                .all(|c| b"0123456789abcdfghijklmnpqrsvwxyz".contains(c));
+            && bytes[..DIGEST_LEN].iter().all(|c| is_nix32_digit(*c));
         if !digest_ok {
             return Err(if bytes.len() == DIGEST_LEN + 1 {
                 StorePathError::EmptyName(owned())

@@ -1,5 +1,7 @@
 //! The one way this tool runs external programs, so that logging, redaction and error text are
-//! the same for `nix`, `mkfs.*`, `cryptsetup` and `switch-to-configuration` alike.
+//! the same for `nix`, `mkfs.*`, `cryptsetup` and `switch-to-configuration` alike; and the two
+//! helpers every command line shares, local or remote (over [`crate::ssh`]): shell quoting and
+//! the tail of a failed program's standard error.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -117,30 +119,40 @@ impl fmt::Display for Cmd {
             if i > 0 {
                 f.write_str(" ")?;
             }
-            let text = arg.to_string_lossy();
             if self.secret.contains(&i) {
                 f.write_str("<redacted>")?;
-            } else if !text.is_empty()
-                && text
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:+,@%".contains(&b))
-            {
-                f.write_str(&text)?;
             } else {
-                write!(f, "'{}'", text.replace('\'', r"'\''"))?;
+                f.write_str(&shell_quote(&arg.to_string_lossy()))?;
             }
         }
         Ok(())
     }
 }
 
-/// The last lines of a failed command's standard error, for the error message.
-fn stderr_tail(stderr: &str) -> String {
+/// Quotes a word for a POSIX shell: as it is when that is safe, else in single quotes.
+pub fn shell_quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:+,@%".contains(&b))
+    {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// Lines of a failed program's standard error kept for its error message.
+const STDERR_TAIL_LINES: usize = 20;
+
+/// The last lines of a failed program's standard error (local or remote), indented below the
+/// message; empty when it printed nothing.
+pub fn stderr_tail(stderr: &str) -> String {
     let lines: Vec<&str> = stderr.trim_end().lines().collect();
     if lines.is_empty() {
         return String::new();
     }
-    let tail = &lines[lines.len().saturating_sub(20)..];
+    let tail = &lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..];
     format!(":\n  {}", tail.join("\n  "))
 }
 

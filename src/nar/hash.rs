@@ -12,6 +12,11 @@ use sha2::{Digest, Sha256};
 /// Nix's base-32 alphabet: digits and lowercase letters without `e`, `o`, `u`, `t`.
 const NIX32_ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
+/// Whether `c` is a digit of Nix's base 32 (a store path's digest is written in it).
+pub fn is_nix32_digit(c: u8) -> bool {
+    NIX32_ALPHABET.contains(&c)
+}
+
 /// Encodes bytes in Nix's base 32, which reads the bytes from the end (it is not RFC 4648).
 pub fn nix32_encode(bytes: &[u8]) -> String {
     let len = nix32_len(bytes.len());
