@@ -8,11 +8,11 @@ use std::task::{Context, Poll};
 use std::process::{Command, Stdio};
 use tokio::io::AsyncWrite;
 
-use nixos_anywhere_rs::client::{AgentClient, ClientError};
 use nixos_anywhere_rs::progress::Progress;
+use nixos_anywhere_rs::proto::{self, Reply, Request, frame};
+use nixos_anywhere_rs::remote::{AgentClient, ClientError};
 use nixos_anywhere_rs::store::{PathInfo, StorePath, query_closure};
-use nixos_anywhere_rs::stream::{self, Compression, FrameSink};
-use nixos_anywhere_rs::wire::{self, Reply, Request};
+use nixos_anywhere_rs::transfer::{Compression, FrameSink};
 
 mod nix_oracle;
 
@@ -48,7 +48,7 @@ async fn transfer(
     let mut client = AgentClient::connect(out, inp).await?;
     client.open_store(root).await?;
     let paths: Vec<StorePath> = closure.iter().map(|i| i.path.clone()).collect();
-    let valid = client.query_valid(&paths).await?;
+    let valid = client.query_valid(root, &paths).await?;
     let missing: Vec<PathInfo> = closure
         .iter()
         .filter(|i| !valid.contains(&i.path))
@@ -152,7 +152,7 @@ async fn streams_a_closure_that_nix_accepts_and_skips_it_the_second_time() {
 #[test]
 fn an_agent_refuses_a_tool_of_another_protocol_version() {
     let hello = Request::Hello {
-        protocol: wire::PROTOCOL_VERSION + 1,
+        protocol: proto::PROTOCOL_VERSION + 1,
         version: "from the future".into(),
     };
     let mut agent = Command::new(BIN)
@@ -164,20 +164,22 @@ fn an_agent_refuses_a_tool_of_another_protocol_version() {
         .unwrap();
     use std::io::Write;
     let mut stdin = agent.stdin.take().unwrap();
-    stdin.write_all(&wire::message_frame(&hello)).unwrap();
+    stdin.write_all(&frame::message_frame(&hello)).unwrap();
     let out = agent.wait_with_output().unwrap();
     assert!(!out.status.success());
     let mut replies = out.stdout.as_slice();
-    let Some(wire::Frame::Message(m)) = wire::read_frame(&mut replies, "agent").unwrap() else {
+    let Some(frame::Frame::Message(m)) = frame::read_frame(&mut replies, "agent").unwrap() else {
         panic!("no reply")
     };
-    let Reply::Error { message } = wire::decode::<Reply>(&m, "agent").unwrap() else {
+    let Reply::Error(proto::AgentFailure { message, .. }) =
+        frame::decode::<Reply>(&m, "agent").unwrap()
+    else {
         panic!("not an error reply")
     };
     let expected = format!(
         "the agent speaks protocol version {}, this tool version {}: use the same nixos-anywhere-rs build on both ends",
-        wire::PROTOCOL_VERSION,
-        wire::PROTOCOL_VERSION + 1
+        proto::PROTOCOL_VERSION,
+        proto::PROTOCOL_VERSION + 1
     );
     assert_eq!(message, expected);
     drop(stdin);
@@ -200,7 +202,7 @@ fn rejects_a_path_whose_bytes_do_not_match_and_registers_none_of_it() {
     let mut stream = Vec::new();
     for request in [
         Request::Hello {
-            protocol: wire::PROTOCOL_VERSION,
+            protocol: proto::PROTOCOL_VERSION,
             version: "test".into(),
         },
         Request::OpenStore { root: root.clone() },
@@ -208,9 +210,9 @@ fn rejects_a_path_whose_bytes_do_not_match_and_registers_none_of_it() {
             paths: vec![victim.clone()],
         },
     ] {
-        stream.extend(wire::message_frame(&request));
+        stream.extend(frame::message_frame(&request));
     }
-    stream.extend(wire::header(wire::RAW_BLOCK, nar.len()));
+    stream.extend(frame::header(frame::RAW_BLOCK, nar.len()));
     stream.extend(&nar);
     let mut agent = Command::new(BIN)
         .arg("agent")
@@ -225,13 +227,21 @@ fn rejects_a_path_whose_bytes_do_not_match_and_registers_none_of_it() {
     assert!(!out.status.success());
     let mut replies = out.stdout.as_slice();
     let mut last_reply = None;
-    while let Some(wire::Frame::Message(m)) = wire::read_frame(&mut replies, "agent").unwrap() {
-        last_reply = Some(wire::decode::<Reply>(&m, "agent").unwrap());
+    while let Some(frame::Frame::Message(m)) = frame::read_frame(&mut replies, "agent").unwrap() {
+        last_reply = Some(frame::decode::<Reply>(&m, "agent").unwrap());
     }
-    let Some(Reply::Error { message }) = last_reply else {
+    let Some(Reply::Error(proto::AgentFailure {
+        message,
+        kind,
+        step,
+    })) = last_reply
+    else {
         panic!("no error reply: {last_reply:?}")
     };
     assert!(message.contains(&victim.path.to_absolute()), "{message}");
+    // The tool learns what kind of failure it was, and in which step.
+    assert_eq!(kind, proto::ErrorKind::Integrity);
+    assert_eq!(step, Some(format!("receive {}", victim.path)));
     // Nothing of it is in the store or its database.
     let store: Vec<_> = std::fs::read_dir(root.join("nix/store")).unwrap().collect();
     assert!(store.is_empty(), "{store:?}");
@@ -334,7 +344,7 @@ async fn a_dropped_connection_leaves_a_consistent_store_and_a_rerun_sends_only_t
 async fn a_killed_agent_leaves_a_consistent_store_and_a_rerun_completes() {
     let closure = small_closure();
     let total_nar: u64 = closure.iter().map(|i| i.nar_size).sum();
-    let blocks = total_nar.div_ceil(stream::BLOCK as u64);
+    let blocks = total_nar.div_ceil(proto::BLOCK as u64);
     assert!(blocks >= 3, "the small closure fills {blocks} blocks");
     for hold_after in [1, blocks / 2, blocks - 1] {
         let complete = complete_within(&closure, hold_after);
@@ -376,7 +386,7 @@ async fn a_killed_agent_leaves_a_consistent_store_and_a_rerun_completes() {
 async fn an_agent_left_in_silence_gives_up_and_frees_the_store_for_a_rerun() {
     let closure = small_closure();
     let total_nar: u64 = closure.iter().map(|i| i.nar_size).sum();
-    let hold_after = total_nar.div_ceil(stream::BLOCK as u64) / 2;
+    let hold_after = total_nar.div_ceil(proto::BLOCK as u64) / 2;
     let complete = complete_within(&closure, hold_after);
     let (_dir, root) = temp_root();
     let (mut agent, mut client) = held_agent(&root, hold_after, &["--give-up-after", "2"]).await;
@@ -387,10 +397,10 @@ async fn an_agent_left_in_silence_gives_up_and_frees_the_store_for_a_rerun() {
         .await
         .expect("the agent did not give up within a minute");
     match result {
-        Err(ClientError::Agent(message)) => {
+        Err(ClientError::Agent(failure)) => {
             assert!(
-                message.contains("nothing from the tool for 2 s"),
-                "{message}"
+                failure.message.contains("nothing from the tool for 2 s"),
+                "{failure}"
             )
         }
         other => panic!("expected the agent's error, got {other:?}"),
@@ -405,7 +415,7 @@ async fn an_agent_left_in_silence_gives_up_and_frees_the_store_for_a_rerun() {
 
 /// How many paths of `closure` have their whole NAR within its first `blocks` blocks.
 fn complete_within(closure: &[PathInfo], blocks: u64) -> u64 {
-    let passed = blocks * stream::BLOCK as u64;
+    let passed = blocks * proto::BLOCK as u64;
     closure
         .iter()
         .scan(0, |end, i| {
@@ -472,17 +482,17 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for HoldWriter<W> {
         let n = if this.payload_left > 0 {
             buf.len().min(this.payload_left)
         } else {
-            buf.len().min(wire::HEADER_LEN - this.header.len())
+            buf.len().min(frame::HEADER_LEN - this.header.len())
         };
         let written = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, &buf[..n]))?;
         if this.payload_left > 0 {
             this.payload_left -= written;
         } else {
             this.header.extend_from_slice(&buf[..written]);
-            if this.header.len() == wire::HEADER_LEN {
-                let header: [u8; wire::HEADER_LEN] = this.header[..].try_into().unwrap();
-                let (kind, len) = wire::parse_header(header, "test").unwrap();
-                if kind != wire::MESSAGE {
+            if this.header.len() == frame::HEADER_LEN {
+                let header: [u8; frame::HEADER_LEN] = this.header[..].try_into().unwrap();
+                let (kind, len) = frame::parse_header(header, "test").unwrap();
+                if kind != frame::MESSAGE {
                     this.blocks -= 1;
                 }
                 this.header.clear();

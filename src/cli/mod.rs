@@ -1,10 +1,17 @@
-//! The command line.
+//! The command line: clap's definitions, and turning what was typed into the plain requests
+//! the rest of the tool plans and runs.
+
+pub mod copy;
+pub mod nar;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::stream::Compression;
+pub use copy::CopyArgs;
+pub use nar::NarCommand;
+
+use crate::ssh::{SshError, SshOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,43 +43,6 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub enum NarCommand {
-    /// Write the NAR of PATH to standard output (byte-identical to `nix-store --dump`).
-    Dump { path: PathBuf },
-    /// Unpack a NAR from standard input to DEST, which must not exist (nor will it on failure).
-    Restore { dest: PathBuf },
-    /// Print the NAR hash of PATH as `nix hash path` does (SRI).
-    Hash {
-        /// Print it as `nix-hash --type sha256 --base32` does instead.
-        #[arg(long)]
-        base32: bool,
-        path: PathBuf,
-    },
-}
-
-#[derive(Debug, Args)]
-pub struct CopyArgs {
-    /// Where to copy: `ssh://[user@]host[:port]`, or `local` for a store root on this machine.
-    #[arg(long, value_name = "ssh://[USER@]HOST[:PORT]|local")]
-    pub to: String,
-    /// The store root on the destination: a directory holding nix/store and nix/var/nix/db.
-    #[arg(long, value_name = "DIR", default_value = "/")]
-    pub root: PathBuf,
-    /// Print a JSON summary on standard output instead of a sentence on standard error.
-    #[arg(long)]
-    pub json: bool,
-    /// zstd level for the stream: `auto` follows the bottleneck (link or CPU), `none` sends
-    /// NARs uncompressed, or a level from 1 to 19.
-    #[arg(long, value_name = "auto|none|LEVEL", default_value = "auto")]
-    pub compress: Compression,
-    #[command(flatten)]
-    pub ssh: SshArgs,
-    /// Store paths (or links to them, such as ./result) whose closures are copied.
-    #[arg(required = true, value_name = "STORE-PATH")]
-    pub paths: Vec<PathBuf>,
-}
-
 /// How to reach the target over SSH, as nixos-anywhere takes it.
 #[derive(Debug, Args)]
 pub struct SshArgs {
@@ -87,4 +57,19 @@ pub struct SshArgs {
     /// StrictHostKeyChecking, UserKnownHostsFile, ConnectTimeout, ...
     #[arg(long = "ssh-option", short = 'o', value_name = "KEY=VALUE")]
     pub options: Vec<String>,
+}
+
+impl SshArgs {
+    /// SSH options as `ssh` would take them from the environment, then the command line.
+    pub fn options(&self) -> Result<SshOptions, SshError> {
+        let mut opts = SshOptions::from_env();
+        opts.identity_files.extend(self.identity.iter().cloned());
+        if self.port.is_some() {
+            opts.port = self.port;
+        }
+        for option in &self.options {
+            opts.set_option(option)?;
+        }
+        Ok(opts)
+    }
 }

@@ -559,4 +559,8 @@ impl LocalFile {
     pub fn sha256(&self) -> &str {
         &self.sha256
     }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
 }

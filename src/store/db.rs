@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::StoreError;
 use super::info::PathInfo;
@@ -52,7 +52,7 @@ create index if not exists IndexDerivationOutputs on DerivationOutputs(path);
 /// One path to register, with the outputs it declares if it is a derivation.
 pub struct Registration<'a> {
     pub info: &'a PathInfo,
-    pub drv_outputs: Vec<(String, String)>,
+    pub drv_outputs: Vec<(String, StorePath)>,
 }
 
 pub struct Db {
@@ -87,6 +87,40 @@ impl Db {
         std::fs::write(&schema_file, SCHEMA_VERSION.to_string())
             .map_err(|e| StoreError::io(&schema_file, e))?;
         Ok(Self { conn })
+    }
+
+    /// Opens `db_dir/db.sqlite` to read only, changing nothing on the disk (no lock, journal or
+    /// shared-memory file is created): `None` when there is no database yet.
+    pub fn open_read_only(db_dir: &Path) -> Result<Option<Self>, StoreError> {
+        let file = db_dir.join("db.sqlite");
+        if !file.exists() {
+            return Ok(None);
+        }
+        let schema_file = db_dir.join("schema");
+        match std::fs::read_to_string(&schema_file) {
+            Ok(text) if text.trim() == SCHEMA_VERSION.to_string() => {}
+            Ok(text) => {
+                return Err(StoreError::SchemaVersion {
+                    dir: db_dir.to_owned(),
+                    found: text,
+                });
+            }
+            Err(e) => return Err(StoreError::io(&schema_file, e)),
+        }
+        // A write-ahead log with content means a writer has it open (Nix's daemon): read through
+        // its shared memory. Otherwise the file is all there is, and `immutable` keeps SQLite
+        // from creating anything beside it.
+        let wal_in_use = std::fs::metadata(db_dir.join("db.sqlite-wal")).is_ok_and(|m| m.len() > 0);
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+        let uri = format!(
+            "file:{}{}",
+            percent_encode_path(&file),
+            if wal_in_use { "" } else { "?immutable=1" }
+        );
+        let conn = Connection::open_with_flags(uri, flags).map_err(StoreError::Db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(60))
+            .map_err(StoreError::Db)?;
+        Ok(Some(Self { conn }))
     }
 
     pub fn is_valid(&self, path: &StorePath) -> Result<bool, StoreError> {
@@ -176,7 +210,7 @@ impl Db {
                 }
                 for (output, path) in drv_outputs {
                     add_output
-                        .execute(params![id, output, path])
+                        .execute(params![id, output, path.to_absolute()])
                         .map_err(StoreError::Db)?;
                 }
             }
@@ -185,76 +219,15 @@ impl Db {
     }
 }
 
-/// The outputs a derivation (`.drv`, ATerm) declares: `Derive([("out","/nix/store/…","",""),…`.
-pub fn derivation_outputs(drv: &[u8]) -> Option<Vec<(String, String)>> {
-    let mut rest = drv.strip_prefix(b"Derive([")?;
-    let mut outputs = Vec::new();
-    loop {
-        if let Some(after) = rest.strip_prefix(b"]") {
-            let _ = after;
-            return Some(outputs);
-        }
-        if !outputs.is_empty() {
-            rest = rest.strip_prefix(b",")?;
-        }
-        rest = rest.strip_prefix(b"(")?;
-        let mut fields = Vec::with_capacity(4);
-        for i in 0..4 {
-            if i > 0 {
-                rest = rest.strip_prefix(b",")?;
-            }
-            let (field, after) = aterm_string(rest)?;
-            fields.push(field);
-            rest = after;
-        }
-        rest = rest.strip_prefix(b")")?;
-        let mut fields = fields.into_iter();
-        let (id, path) = (fields.next()?, fields.next()?);
-        outputs.push((id, path));
-    }
-}
-
-/// One ATerm string literal with its escapes, and what follows it.
-fn aterm_string(input: &[u8]) -> Option<(String, &[u8])> {
-    let mut rest = input.strip_prefix(b"\"")?;
-    let mut out = Vec::new();
-    loop {
-        match rest {
-            [b'"', after @ ..] => return Some((String::from_utf8(out).ok()?, after)),
-            [b'\\', c, after @ ..] => {
-                out.push(match c {
-                    b'n' => b'\n',
-                    b'r' => b'\r',
-                    b't' => b'\t',
-                    other => *other,
-                });
-                rest = after;
-            }
-            [c, after @ ..] => {
-                out.push(*c);
-                rest = after;
-            }
-            [] => return None,
+/// A path as an SQLite URI path: everything but unreserved characters and `/` percent-encoded.
+fn percent_encode_path(path: &Path) -> String {
+    let mut out = String::new();
+    for b in path.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(b) {
+            out.push(*b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
         }
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_derivation_outputs() {
-        let drv = br#"Derive([("dev","/nix/store/aaa-x-dev","",""),("out","/nix/store/bbb-x","","")],[],[],"x86_64-linux","/bin/sh",[],[])"#;
-        let outputs = derivation_outputs(drv).unwrap();
-        assert_eq!(
-            outputs,
-            [
-                ("dev".to_owned(), "/nix/store/aaa-x-dev".to_owned()),
-                ("out".to_owned(), "/nix/store/bbb-x".to_owned())
-            ]
-        );
-        assert!(derivation_outputs(b"Derive([(\"out\"").is_none());
-        assert!(derivation_outputs(b"not a drv").is_none());
-    }
+    out
 }

@@ -1,6 +1,7 @@
 //! The Nix store: validated store paths, path infos, and a writer for a store root.
 
 pub mod db;
+pub mod drv;
 pub mod info;
 pub mod path;
 mod root;

@@ -7,6 +7,7 @@
 //! invalid to Nix and is replaced on the next attempt, so an interruption at any point leaves a
 //! consistent store.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufRead, Read};
 use std::os::fd::{AsFd, OwnedFd};
@@ -15,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
 
-use super::db::{self, Db, Registration};
+use super::db::{Db, Registration};
+use super::drv;
 use super::{PathInfo, StoreError, StorePath};
 use crate::nar::{Canonical, NarReader, remove_tree, restore_into};
 
@@ -32,7 +34,7 @@ pub struct StoreRoot {
     store: OwnedFd,
     db: Db,
     /// Paths renamed into place and waiting to be registered, in order.
-    pending: Vec<(PathInfo, Vec<(String, String)>)>,
+    pending: Vec<(PathInfo, Vec<(String, StorePath)>)>,
     pending_since: Option<Instant>,
     /// Held for the life of the writer: Nix's `big-lock`, exclusively.
     _lock: File,
@@ -79,6 +81,18 @@ impl StoreRoot {
         Ok(root)
     }
 
+    /// Which of `paths` are valid in the store root at `root`, read without changing anything
+    /// there: no directory, lock or database is created, nothing is removed.
+    pub fn valid_paths_at<'p>(
+        root: &Path,
+        paths: impl IntoIterator<Item = &'p StorePath>,
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
+        match Db::open_read_only(&root.join("nix/var/nix/db"))? {
+            Some(db) => db.valid_paths(paths),
+            None => Ok(BTreeSet::new()),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.root
     }
@@ -87,7 +101,7 @@ impl StoreRoot {
     pub fn valid_paths<'p>(
         &self,
         paths: impl IntoIterator<Item = &'p StorePath>,
-    ) -> Result<std::collections::BTreeSet<StorePath>, StoreError> {
+    ) -> Result<BTreeSet<StorePath>, StoreError> {
         let mut valid = self.db.valid_paths(paths)?;
         valid.extend(self.pending.iter().map(|(info, _)| info.path.clone()));
         Ok(valid)
@@ -162,6 +176,26 @@ impl StoreRoot {
         Ok(())
     }
 
+    /// Flushes the store root's file systems (store and database) to the disk, so that what is
+    /// registered survives a reboot or kexec that follows at once.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let store_dir = self.root.join("nix/store");
+        rustix::fs::syncfs(&self.store).map_err(|e| StoreError::io(&store_dir, e.into()))?;
+        let db_dir = self.root.join("nix/var/nix/db");
+        let db = rustix::fs::open(
+            &db_dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| StoreError::io(&db_dir, e.into()))?;
+        let same_fs = rustix::fs::fstat(&db).ok().map(|s| s.st_dev)
+            == rustix::fs::fstat(&self.store).ok().map(|s| s.st_dev);
+        if !same_fs {
+            rustix::fs::syncfs(&db).map_err(|e| StoreError::io(&db_dir, e.into()))?;
+        }
+        Ok(())
+    }
+
     fn check_references(&self, info: &PathInfo) -> Result<(), StoreError> {
         for reference in info.references.iter().filter(|r| **r != info.path) {
             let pending = self.pending.iter().any(|(p, _)| p.path == *reference);
@@ -179,7 +213,7 @@ impl StoreRoot {
         &self,
         info: &PathInfo,
         temp: &str,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<Vec<(String, StorePath)>, StoreError> {
         if !info.path.is_derivation() {
             return Ok(Vec::new());
         }
@@ -198,7 +232,7 @@ impl StoreRoot {
             .take(64 << 20)
             .read_to_end(&mut text)
             .map_err(|_| bad())?;
-        db::derivation_outputs(&text).ok_or_else(bad)
+        drv::derivation_outputs(&text).ok_or_else(bad)
     }
 
     /// Renames the checked temporary tree to its store path. Something already there is not

@@ -1,15 +1,15 @@
-//! The agent on a remote target: upload this executable, start it over one exec channel, and
-//! speak the protocol to it.
+//! Starting the agent on a remote target: upload this executable (once per build), start it over
+//! one exec channel, greet it; and ending it, with its own account when it failed.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::client::{AgentClient, ClientError};
+use super::client::{AgentClient, ClientError};
 use crate::exec::stderr_tail;
 use crate::ssh::{
     ExecExit, ExecStdin, ExecStdout, ExitInfo, LocalFile, Session, SshError, shell_quote,
 };
-use crate::stream::FrameSink;
+use crate::transfer::FrameSink;
 
 /// Directories tried for the agent, in order: a tmpfs on every systemd machine and on the
 /// NixOS installer first, then a per-user temporary directory.
@@ -27,6 +27,21 @@ pub enum RemoteError {
     AgentStart { status: String, stderr: String },
     #[error("the agent on the target ended with {status}{}", stderr_tail(.stderr))]
     AgentExit { status: String, stderr: String },
+    #[error("{error}\n(the agent on the target ended with {status}{})", stderr_tail(.stderr))]
+    AgentFailed {
+        error: Box<RemoteError>,
+        status: String,
+        stderr: String,
+    },
+    #[error(
+        "the target is {target}, but the agent {} is built for {agent}: pass --agent PATH (or set NIXOS_ANYWHERE_RS_AGENT) to a static nixos-anywhere-rs built for {target}",
+        binary.display()
+    )]
+    WrongArch {
+        target: String,
+        agent: &'static str,
+        binary: PathBuf,
+    },
     #[error("this executable: {0}")]
     SelfPath(#[source] std::io::Error),
 }
@@ -50,6 +65,9 @@ pub fn agent_binary() -> Result<PathBuf, RemoteError> {
 /// and no usable directory.
 const NEEDS_UPLOAD: u32 = 42;
 const NO_DIR: u32 = 43;
+/// ... and the target's architecture is not the agent's (`uname -m` on stderr).
+const WRONG_ARCH: u32 = 44;
+const ARCH_MARKER: &str = "nixos-anywhere-rs target architecture: ";
 /// Prefixes the directory the start script reports on stderr.
 const DIR_MARKER: &str = "nixos-anywhere-rs agent directory: ";
 
@@ -73,8 +91,17 @@ pub async fn start_agent(
     };
     // The file's name says which build it is.
     let name = format!("nixos-anywhere-rs-{}", &agent.sha256()[..32]);
+    // Checked in the same exec, before anything is written: a binary of another architecture
+    // would only fail with a loader's riddle.
+    let arch_check = match elf_arch(agent.bytes()) {
+        Some(arch) => format!(
+            r#"a=$(uname -m); [ "$a" = {arch} ] || {{ echo "{ARCH_MARKER}$a" >&2; exit {WRONG_ARCH}; }}
+"#
+        ),
+        None => String::new(),
+    };
     let start = format!(
-        r#"for d in {AGENT_DIRS}; do
+        r#"{arch_check}for d in {AGENT_DIRS}; do
   mkdir -p "$d" 2>/dev/null && [ -O "$d" ] && chmod 700 "$d" 2>/dev/null || continue
   [ -x "$d/{name}" ] && exec "$d/{name}" agent{args}
   echo "{DIR_MARKER}$d" >&2; exit {NEEDS_UPLOAD}
@@ -95,6 +122,15 @@ exit {NO_DIR}"#
             }
         }
         Ended(info) if info.status == Some(NO_DIR) => return Err(RemoteError::NoAgentDir),
+        Ended(info) if info.status == Some(WRONG_ARCH) => {
+            let stderr = String::from_utf8_lossy(&info.stderr);
+            let target = stderr.lines().find_map(|l| l.strip_prefix(ARCH_MARKER));
+            return Err(RemoteError::WrongArch {
+                target: target.unwrap_or("another architecture").to_owned(),
+                agent: elf_arch(agent.bytes()).unwrap_or("this machine"),
+                binary: binary.to_owned(),
+            });
+        }
         Ended(info) => return Err(start_failed(info)),
     };
     let remote = format!("{dir}/{name}");
@@ -111,6 +147,23 @@ exit {NO_DIR}"#
         Started(agent) => Ok(agent),
         Ended(info) => Err(start_failed(info)),
     }
+}
+
+/// The architecture an ELF executable is built for, as `uname -m` names it; `None` for anything
+/// else (a script standing in for the agent in tests, an architecture not listed).
+pub fn elf_arch(binary: &[u8]) -> Option<&'static str> {
+    if binary.get(..4) != Some(b"\x7fELF") {
+        return None;
+    }
+    // e_machine, little-endian on every architecture listed.
+    let machine = u16::from_le_bytes(binary.get(18..20)?.try_into().ok()?);
+    Some(match machine {
+        0x3e => "x86_64",
+        0xb7 => "aarch64",
+        0xf3 => "riscv64",
+        0x03 => "i686",
+        _ => return None,
+    })
 }
 
 enum Launch {
@@ -148,7 +201,28 @@ fn start_failed(info: ExitInfo) -> RemoteError {
     }
 }
 
+/// How long an agent whose request failed has to exit and say why.
+const EXIT_WAIT: Duration = Duration::from_secs(10);
+
 impl Agent {
+    /// Ends an agent after `error`: closes its input, waits a little for it to exit, and adds
+    /// its exit status and the tail of its standard error to the error, so the user sees why it
+    /// stopped (a panic, a signal, its own message), not only that it did.
+    pub async fn abandon(self, error: impl Into<RemoteError>) -> RemoteError {
+        let error = error.into();
+        drop(self.client);
+        match tokio::time::timeout(EXIT_WAIT, self.exit.wait()).await {
+            Ok(Ok(info)) if info.success() && info.stderr.is_empty() => error,
+            Ok(Ok(info)) => RemoteError::AgentFailed {
+                error: Box::new(error),
+                status: info.describe(),
+                stderr: String::from_utf8_lossy(&info.stderr).into_owned(),
+            },
+            // The connection is gone too, or the agent hangs: the first error is the news.
+            Ok(Err(_)) | Err(_) => error,
+        }
+    }
+
     /// Says goodbye and checks that the agent exited cleanly.
     pub async fn finish(self) -> Result<(), RemoteError> {
         self.client.bye().await;
@@ -161,5 +235,20 @@ impl Agent {
             status: info.describe(),
             stderr,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_architecture_of_this_executable() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(elf_arch(&me), Some(std::env::consts::ARCH));
+        assert_eq!(elf_arch(b"#!/bin/sh\nexec true\n"), None);
+        let mut arm = me[..64].to_vec();
+        arm[18..20].copy_from_slice(&0xb7u16.to_le_bytes());
+        assert_eq!(elf_arch(&arm), Some("aarch64"));
     }
 }

@@ -1,304 +1,10 @@
-//! The sending half of the closure streamer: NARs straight from the local store, cut into
-//! blocks, compressed in parallel on a rayon pool, and written in order as [`crate::wire`]
-//! frames. With [`Compression::Auto`] the zstd level follows whichever of link and CPU is the
-//! bottleneck.
+//! The `auto` compression level: the highest zstd level that keeps the link full, and none where
+//! compressing only costs, decided from what each window of sent blocks measured.
 
-use std::path::Path;
-use std::str::FromStr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
-use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end;
-use zstd::zstd_safe::{CCtx, CParameter, InBuffer, OutBuffer};
-
-use crate::nar;
-use crate::store::StorePath;
-use crate::wire::{self, RAW_BLOCK, ZSTD_BLOCK};
-
-/// NAR bytes per block: small enough that two cores share the work evenly, large enough that
-/// zstd keeps most of its ratio.
-pub const BLOCK: usize = 4 << 20;
-
-/// Blocks in flight between the NAR reader and the channel (bounds the sender's memory).
-const IN_FLIGHT: usize = 6;
-
 /// The levels `auto` moves between; 0 sends blocks uncompressed.
-const LADDER: &[i32] = &[0, 1, 2, 3, 5, 7, 9];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Level(i32),
-    Auto,
-}
-
-impl FromStr for Compression {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "none" | "0" => Ok(Self::None),
-            level => match level.parse::<i32>() {
-                Ok(n) if (1..=19).contains(&n) => Ok(Self::Level(n)),
-                _ => Err(format!(
-                    "{s:?}: expected auto, none or a zstd level from 1 to 19"
-                )),
-            },
-        }
-    }
-}
-
-/// What the sender measured.
-#[derive(Debug, Clone, Default)]
-pub struct SendStats {
-    pub nar_bytes: u64,
-    pub wire_bytes: u64,
-    /// Time the writer waited for compressed blocks (CPU-bound) and for the channel (link-bound).
-    pub waited_for_blocks: Duration,
-    pub waited_for_link: Duration,
-    /// Blocks sent at each zstd level (0: uncompressed).
-    pub levels: Vec<(i32, u64)>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error("reading {path} from the local store: {source}")]
-    Read {
-        path: StorePath,
-        source: std::io::Error,
-    },
-    #[error("writing to the agent: {0}")]
-    Write(#[source] std::io::Error),
-}
-
-/// Where block frames go, each handed over whole: an SSH channel's stdin queues the buffer
-/// itself; any other [`AsyncWrite`] copies it (the default).
-pub trait FrameSink: AsyncWrite + Unpin {
-    fn send_frame(&mut self, frame: Bytes) -> impl Future<Output = std::io::Result<()>> {
-        async move { self.write_all(&frame).await }
-    }
-}
-
-/// A local child process (the agent in tests) reads its frames from a pipe.
-impl FrameSink for tokio::process::ChildStdin {}
-
-/// Streams the NARs of `paths`, in order, to `out` as block frames. `on_block` is called with
-/// the running NAR and wire byte counts after each block is written.
-pub async fn send_nars<W: FrameSink>(
-    paths: Vec<StorePath>,
-    compression: Compression,
-    out: &mut W,
-    mut on_block: impl FnMut(u64, u64),
-) -> Result<SendStats, SendError> {
-    // `auto` starts at level 1, which pays on any link slower than ~100 MiB/s.
-    let start = match compression {
-        Compression::Auto => AutoLevel::START,
-        _ => 0,
-    };
-    let level_index = Arc::new(AtomicUsize::new(start));
-    let fixed_level = match compression {
-        Compression::Level(n) => Some(n),
-        Compression::None => Some(0),
-        Compression::Auto => None,
-    };
-    let (blocks_tx, mut blocks_rx) = mpsc::channel::<oneshot::Receiver<Block>>(IN_FLIGHT);
-
-    // The reader thread serialises NARs and hands each full block to rayon to compress; the
-    // receivers go into the bounded queue in order, so the writer sends them in order.
-    let level_for_reader = Arc::clone(&level_index);
-    let reader = tokio::task::spawn_blocking(move || -> Result<(), SendError> {
-        let mut cutter = BlockCutter::new(blocks_tx, || {
-            fixed_level.unwrap_or_else(|| LADDER[level_for_reader.load(Ordering::Relaxed)])
-        });
-        for path in paths {
-            nar::dump(Path::new(&path.to_absolute()), &mut cutter)
-                .map_err(|source| SendError::Read { path, source })?;
-        }
-        cutter.finish();
-        Ok(())
-    });
-
-    let mut stats = SendStats::default();
-    let threads = rayon::current_num_threads();
-    let mut auto = (compression == Compression::Auto).then(|| AutoLevel::new(start, threads));
-    loop {
-        let waiting = Instant::now();
-        let Some(pending) = blocks_rx.recv().await else {
-            break;
-        };
-        let Ok(block) = pending.await else { break }; // the reader failed; its error follows
-        let waited_for_block = waiting.elapsed();
-        let wire_len = block.frame.len() as u64;
-        let writing = Instant::now();
-        out.send_frame(block.frame)
-            .await
-            .map_err(SendError::Write)?;
-        let waited_for_link = writing.elapsed();
-
-        stats.nar_bytes += block.nar_len as u64;
-        stats.wire_bytes += wire_len;
-        stats.waited_for_blocks += waited_for_block;
-        stats.waited_for_link += waited_for_link;
-        match stats.levels.iter_mut().find(|(l, _)| *l == block.level) {
-            Some((_, n)) => *n += 1,
-            None => stats.levels.push((block.level, 1)),
-        }
-        let times = BlockTimes {
-            nar_bytes: block.nar_len as u64,
-            wire_bytes: wire_len,
-            compress_time: block.took,
-            waited_for_block,
-            waited_for_link,
-        };
-        if let Some(auto) = &mut auto
-            && let Some(index) = auto.observe(Instant::now(), block.asked, times)
-        {
-            level_index.store(index, Ordering::Relaxed);
-        }
-        on_block(stats.nar_bytes, stats.wire_bytes);
-    }
-    out.flush().await.map_err(SendError::Write)?;
-    reader.await.expect("the NAR reader does not panic")?;
-    Ok(stats)
-}
-
-/// One encoded block: a whole frame, ready to write.
-struct Block {
-    frame: Bytes,
-    nar_len: usize,
-    /// The level it went out at (0: raw, also when compression did not pay)...
-    level: i32,
-    /// ... and the level it was meant for.
-    asked: i32,
-    /// How long compressing it took (zero when not tried).
-    took: Duration,
-}
-
-/// Cuts the NAR stream into blocks and queues each for compression.
-struct BlockCutter<L> {
-    /// The block being filled: room for a frame header, then NAR bytes.
-    buf: Vec<u8>,
-    /// The NAR bytes of the block dispatched before, the prefix the next one may refer to.
-    previous: Option<Bytes>,
-    queue: mpsc::Sender<oneshot::Receiver<Block>>,
-    level: L,
-}
-
-/// Header room at the start of a block buffer: a raw block goes out as it is.
-const HEADER: usize = wire::HEADER_LEN;
-
-fn block_buffer() -> Vec<u8> {
-    let mut buf = Vec::with_capacity(HEADER + BLOCK);
-    buf.resize(HEADER, 0);
-    buf
-}
-
-impl<L: Fn() -> i32> BlockCutter<L> {
-    fn new(queue: mpsc::Sender<oneshot::Receiver<Block>>, level: L) -> Self {
-        Self {
-            buf: block_buffer(),
-            previous: None,
-            queue,
-            level,
-        }
-    }
-
-    fn dispatch(&mut self) -> std::io::Result<()> {
-        let mut buf = std::mem::replace(&mut self.buf, block_buffer());
-        let header = wire::header(RAW_BLOCK, buf.len() - HEADER);
-        buf[..HEADER].copy_from_slice(&header);
-        let raw_frame = Bytes::from(buf);
-        let previous = self.previous.replace(raw_frame.slice(HEADER..));
-        let level = (self.level)();
-        let (tx, rx) = oneshot::channel();
-        rayon::spawn(move || {
-            let _ = tx.send(encode_block(raw_frame, previous.as_deref(), level));
-        });
-        self.queue
-            .blocking_send(rx)
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "writer stopped"))
-    }
-
-    fn finish(mut self) {
-        if self.buf.len() > HEADER {
-            // The writer may have stopped; its error is the one reported.
-            let _ = self.dispatch();
-        }
-    }
-}
-
-impl<L: Fn() -> i32> std::io::Write for BlockCutter<L> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let n = data.len().min(HEADER + BLOCK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == HEADER + BLOCK {
-            self.dispatch()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Encodes a block: `raw_frame` as it is when `level` is 0 or compression does not pay, else
-/// a zstd frame at `level` that may refer back into `previous`, the NAR bytes of the block
-/// before (see [`wire`]).
-fn encode_block(raw_frame: Bytes, previous: Option<&[u8]>, level: i32) -> Block {
-    let nar = &raw_frame[HEADER..];
-    let nar_len = nar.len();
-    let started = Instant::now();
-    let compressed = (level > 0).then(|| compress(nar, previous, level));
-    let took = started.elapsed();
-    match compressed.flatten() {
-        Some(frame) => Block {
-            frame: Bytes::from(frame),
-            nar_len,
-            level,
-            asked: level,
-            took,
-        },
-        None => Block {
-            frame: raw_frame,
-            nar_len,
-            level: 0,
-            asked: level,
-            took: if level > 0 { took } else { Duration::ZERO },
-        },
-    }
-}
-
-/// A whole [`ZSTD_BLOCK`] frame of `nar`, or `None` when it would not be smaller than raw.
-fn compress(nar: &[u8], previous: Option<&[u8]>, level: i32) -> Option<Vec<u8>> {
-    const ZSTD_HEADER: usize = HEADER + 4;
-    // A fresh context per block costs nothing measurable next to compressing 4 MiB, and lets
-    // the prefix be borrowed for just this call.
-    let mut cctx = CCtx::create();
-    cctx.set_parameter(CParameter::CompressionLevel(level))
-        .ok()?;
-    if let Some(previous) = previous {
-        cctx.ref_prefix(previous).ok()?;
-    }
-    let mut frame = Vec::with_capacity(ZSTD_HEADER + zstd::zstd_safe::compress_bound(nar.len()));
-    frame.resize(ZSTD_HEADER, 0);
-    let mut out = OutBuffer::around_pos(&mut frame, ZSTD_HEADER);
-    let left = cctx
-        .compress_stream2(&mut out, &mut InBuffer::around(nar), ZSTD_e_end)
-        .ok()?;
-    let compressed = out.pos() - ZSTD_HEADER;
-    if left != 0 || compressed + 4 >= nar.len() {
-        return None;
-    }
-    frame[..HEADER].copy_from_slice(&wire::header(ZSTD_BLOCK, compressed + 4));
-    frame[HEADER..ZSTD_HEADER].copy_from_slice(&(nar.len() as u32).to_le_bytes());
-    Some(frame)
-}
+pub(super) const LADDER: &[i32] = &[0, 1, 2, 3, 5, 7, 9];
 
 /// Chooses the zstd level while sending: the highest level that keeps the link full, and none
 /// where compressing only costs.
@@ -315,7 +21,7 @@ fn compress(nar: &[u8], previous: Option<&[u8]>, level: i32) -> Option<Vec<u8>> 
 /// blocks (the pool is the bottleneck) or when the wire carries clearly less than it did at a
 /// lower level: then the receiver, not the link, set the pace (loopback, or a fast link to a
 /// slow machine), and compressing only adds work.
-struct AutoLevel {
+pub(super) struct AutoLevel {
     index: usize,
     window: Window,
     /// When the writer last took a block.
@@ -365,7 +71,7 @@ struct Window {
 
 impl AutoLevel {
     /// The ladder index `auto` starts at: level 1.
-    const START: usize = 1;
+    pub(super) const START: usize = 1;
     /// A window is at least this many blocks over at least this long...
     const WINDOW_BLOCKS: u32 = 4;
     const WINDOW_TIME: Duration = Duration::from_millis(300);
@@ -386,7 +92,7 @@ impl AutoLevel {
     /// A level is slower than another when its NAR rate is lower by more than this share.
     const MARGIN: f64 = 0.03;
 
-    fn new(index: usize, threads: usize) -> Self {
+    pub(super) fn new(index: usize, threads: usize) -> Self {
         Self {
             index,
             window: Window::default(),
@@ -401,7 +107,7 @@ impl AutoLevel {
     /// Records one block, compressed for level `asked`; returns a new ladder index when the
     /// level should change. Blocks compressed for another level (in flight when it changed)
     /// do not count.
-    fn observe(&mut self, now: Instant, asked: i32, sent: BlockTimes) -> Option<usize> {
+    pub(super) fn observe(&mut self, now: Instant, asked: i32, sent: BlockTimes) -> Option<usize> {
         // The very first block only starts the clock; a window runs from the block before its
         // first one, so it times all of its blocks.
         let previous_block = self.last_block.replace(now)?;
@@ -521,80 +227,20 @@ impl AutoLevel {
 
 /// What sending one block took.
 #[derive(Debug, Clone, Copy, Default)]
-struct BlockTimes {
-    nar_bytes: u64,
-    wire_bytes: u64,
+pub(super) struct BlockTimes {
+    pub(super) nar_bytes: u64,
+    pub(super) wire_bytes: u64,
     /// Compressing it, on its pool thread.
-    compress_time: Duration,
+    pub(super) compress_time: Duration,
     /// The writer waiting for it (compression the bottleneck)...
-    waited_for_block: Duration,
+    pub(super) waited_for_block: Duration,
     /// ... and for the channel to take it (the link the bottleneck).
-    waited_for_link: Duration,
+    pub(super) waited_for_link: Duration,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_compression() {
-        assert_eq!("auto".parse(), Ok(Compression::Auto));
-        assert_eq!("none".parse(), Ok(Compression::None));
-        assert_eq!("3".parse(), Ok(Compression::Level(3)));
-        assert!("20".parse::<Compression>().is_err());
-        assert!("fast".parse::<Compression>().is_err());
-    }
-
-    /// A raw frame of `bytes`, as the cutter builds it.
-    fn raw_frame(bytes: &[u8]) -> Bytes {
-        let mut buf = wire::header(RAW_BLOCK, bytes.len()).to_vec();
-        buf.extend_from_slice(bytes);
-        Bytes::from(buf)
-    }
-
-    #[test]
-    fn blocks_decode_to_their_bytes() {
-        let text: Vec<u8> = b"all work and no play "
-            .iter()
-            .cycle()
-            .take(BLOCK)
-            .copied()
-            .collect();
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..BLOCK)
-            .map(|_| {
-                // xorshift64: bytes zstd finds nothing in.
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 24) as u8
-            })
-            .collect();
-        // A block that repeats the end of its predecessor compresses to almost nothing.
-        let repeat = noise[BLOCK - 65536..].to_vec();
-        let blocks = [(text.clone(), 3), (text, 0), (noise, 3), (repeat, 1)];
-        let mut decoder = wire::BlockDecoder::new();
-        let mut previous: Option<Vec<u8>> = None;
-        for (i, (bytes, level)) in blocks.into_iter().enumerate() {
-            let block = encode_block(raw_frame(&bytes), previous.as_deref(), level);
-            if i == 2 {
-                assert_eq!(block.level, 0, "noise on its own does not compress");
-            }
-            if i == 3 {
-                assert_eq!(block.level, 1);
-                assert!(block.frame.len() < 1024, "{} bytes", block.frame.len());
-            }
-            let mut input = &block.frame[..];
-            let Some(wire::Frame::Block { kind, payload }) =
-                wire::read_frame(&mut input, "t").unwrap()
-            else {
-                panic!("a block frame")
-            };
-            assert!(input.is_empty());
-            assert_eq!(decoder.decode(kind, payload, "t").unwrap(), bytes);
-            previous = Some(bytes);
-        }
-    }
 
     /// How a simulated transfer behaves at a level: its NAR rate, milliseconds to compress a
     /// block of 1 MiB, and whether the writer waits for the link (else for blocks).

@@ -1,0 +1,87 @@
+//! `nixos-anywhere-rs copy`: closures into a store root, like `nix copy`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use super::SshArgs;
+use crate::run::copy::{CopyRequest, Destination};
+use crate::ssh::Target;
+use crate::store::{self, StorePath};
+use crate::transfer::Compression;
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Where to copy: `ssh://[user@]host[:port]`, or `local` for a store root on this machine.
+    #[arg(long, value_name = "ssh://[USER@]HOST[:PORT]|local")]
+    pub to: String,
+    /// The store root on the destination: a directory holding nix/store and nix/var/nix/db.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// Print a JSON summary (with --dry-run: the plan) on standard output instead of text on
+    /// standard error.
+    #[arg(long)]
+    pub json: bool,
+    /// Only plan: list what would be sent and what is there already; change nothing on the
+    /// destination.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// zstd level for the stream: `auto` follows the bottleneck (link or CPU), `none` sends
+    /// NARs uncompressed, or a level from 1 to 19.
+    #[arg(long, value_name = "auto|none|LEVEL", default_value = "auto")]
+    pub compress: Compression,
+    #[command(flatten)]
+    pub ssh: SshArgs,
+    /// Store paths (or links to them, such as ./result) whose closures are copied.
+    #[arg(required = true, value_name = "STORE-PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+impl CopyArgs {
+    /// The copy these arguments ask for: destination resolved, closure read from the local Nix.
+    pub fn request(&self) -> Result<CopyRequest> {
+        let destination = match self.to.as_str() {
+            "local" => Destination::Local,
+            dest if dest.starts_with("ssh://") => {
+                let opts = self.ssh.options()?;
+                let target = Target::parse_with(dest, &opts)?;
+                Destination::Ssh {
+                    target,
+                    opts: Box::new(opts),
+                }
+            }
+            other => bail!(
+                "unsupported destination {other:?}: use `--to ssh://[user@]host[:port]` or `--to local`"
+            ),
+        };
+        let paths = self
+            .paths
+            .iter()
+            .map(|p| resolve_store_path(p))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CopyRequest {
+            destination,
+            root: self.root.clone(),
+            closure: store::query_closure(&paths)?,
+            compression: self.compress,
+            dry_run: self.dry_run,
+        })
+    }
+}
+
+/// Accepts a store path, a path below one, or a link to one (`./result`).
+pub fn resolve_store_path(arg: &Path) -> Result<StorePath> {
+    let text = arg.to_string_lossy();
+    if let Ok(path) = StorePath::parse(&text) {
+        return Ok(path);
+    }
+    let real = std::fs::canonicalize(arg).with_context(|| format!("{}", arg.display()))?;
+    let real = real.to_string_lossy();
+    let base = real
+        .strip_prefix(store::STORE_DIR)
+        .and_then(|r| r.strip_prefix('/'))
+        .and_then(|r| r.split('/').next())
+        .with_context(|| format!("{} is not in {}", arg.display(), store::STORE_DIR))?;
+    Ok(StorePath::from_base_name(base)?)
+}

@@ -1,0 +1,311 @@
+//! Copying closures into a store root, like `nix copy`: plan what is missing (read-only), then
+//! send it.
+//!
+//! The plan is plain data: the closure in dependency order and the paths the destination lacks,
+//! found without changing anything there, so `--dry-run` prints it and stops. Execution streams
+//! NARs from the local store into the destination's [`StoreRoot`], which verifies, registers and
+//! syncs each one.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::nar;
+use crate::pipe::pipe;
+use crate::progress::{Progress, mib};
+use crate::remote::{self, Agent, ClientError, RemoteError};
+use crate::ssh::{HostKeyPin, Session, SshOptions, Target};
+use crate::store::{PathInfo, StoreError, StorePath, StoreRoot};
+use crate::transfer::{self, Compression};
+
+/// Where a copy goes.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// A store root on this machine.
+    Local,
+    /// A store root on an SSH target, through the agent.
+    Ssh {
+        target: Target,
+        opts: Box<SshOptions>,
+    },
+}
+
+/// Everything a copy needs, as the command line gave it.
+#[derive(Debug, Clone)]
+pub struct CopyRequest {
+    pub destination: Destination,
+    /// The store root there: a directory holding `nix/store` and `nix/var/nix/db`.
+    pub root: PathBuf,
+    /// The closure to copy, dependencies first.
+    pub closure: Vec<PathInfo>,
+    pub compression: Compression,
+    /// Plan, print, change nothing.
+    pub dry_run: bool,
+}
+
+/// The closure to copy and what of it the destination lacks.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyPlan {
+    pub destination: String,
+    pub root: PathBuf,
+    /// The paths to send, dependencies first.
+    pub send: Vec<PlannedPath>,
+    /// The paths the destination holds already.
+    pub skip: Vec<PlannedPath>,
+    pub nar_bytes_to_send: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedPath {
+    pub path: StorePath,
+    pub nar_size: u64,
+}
+
+impl CopyPlan {
+    fn new(
+        destination: String,
+        root: &Path,
+        closure: &[PathInfo],
+        valid: &BTreeSet<StorePath>,
+    ) -> Self {
+        let planned = |i: &PathInfo| PlannedPath {
+            path: i.path.clone(),
+            nar_size: i.nar_size,
+        };
+        let (skip, send): (Vec<_>, Vec<_>) = closure.iter().partition(|i| valid.contains(&i.path));
+        Self {
+            destination,
+            root: root.to_owned(),
+            nar_bytes_to_send: send.iter().map(|i| i.nar_size).sum(),
+            send: send.into_iter().map(planned).collect(),
+            skip: skip.into_iter().map(planned).collect(),
+        }
+    }
+
+    /// The path infos of the paths to send, in order.
+    fn missing(&self, closure: &[PathInfo]) -> Vec<PathInfo> {
+        let send: BTreeSet<&StorePath> = self.send.iter().map(|p| &p.path).collect();
+        closure
+            .iter()
+            .filter(|i| send.contains(&i.path))
+            .cloned()
+            .collect()
+    }
+}
+
+impl fmt::Display for CopyPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "copy to {}:{}: {} of {} paths to send ({:.1} MiB of NAR), {} already there",
+            self.destination,
+            self.root.display(),
+            self.send.len(),
+            self.send.len() + self.skip.len(),
+            mib(self.nar_bytes_to_send),
+            self.skip.len()
+        )?;
+        for p in &self.send {
+            writeln!(f, "  send {} ({:.1} MiB)", p.path, mib(p.nar_size))?;
+        }
+        Ok(())
+    }
+}
+
+/// What a copy did (or, for a dry run, would do), as `--json` prints it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Summary {
+    pub paths_sent: u64,
+    pub paths_skipped: u64,
+    pub nar_bytes: u64,
+    pub wire_bytes: u64,
+    pub seconds: f64,
+    /// Flushing the destination's file system to the disk, at the end.
+    pub sync_seconds: f64,
+    /// Blocks sent at each zstd level (0: uncompressed), over SSH.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub zstd_levels: Vec<(i32, u64)>,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nar = mib(self.nar_bytes);
+        write!(
+            f,
+            "copied {} paths ({:.1} MiB of NAR, {:.1} MiB on the wire), {} already present, in {:.2} s ({:.0} MiB/s)",
+            self.paths_sent,
+            nar,
+            mib(self.wire_bytes),
+            self.paths_skipped,
+            self.seconds,
+            nar / self.seconds.max(0.001),
+        )
+    }
+}
+
+/// What `run` returns: the plan of a dry run, or the summary of a copy.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Outcome {
+    Planned(CopyPlan),
+    Copied(Summary),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+impl From<ClientError> for CopyError {
+    fn from(e: ClientError) -> Self {
+        Self::Remote(RemoteError::Client(e))
+    }
+}
+
+/// Plans the copy, and unless it is a dry run, carries it out.
+pub async fn run(request: CopyRequest) -> Result<Outcome, CopyError> {
+    let span = tracing::info_span!("copy", root = %request.root.display());
+    let Destination::Ssh { target, opts } = &request.destination else {
+        let local = move || span.in_scope(|| copy_to_local(&request));
+        let outcome = tokio::task::spawn_blocking(local)
+            .await
+            .expect("the local copy does not panic");
+        return Ok(outcome?);
+    };
+    copy_over_ssh(&request, target, opts)
+        .instrument(span.clone())
+        .await
+}
+
+/// Copies from the local store at `/` into the store root `request.root` on this machine.
+pub fn copy_to_local(request: &CopyRequest) -> Result<Outcome, StoreError> {
+    let started = Instant::now();
+    let valid = StoreRoot::valid_paths_at(&request.root, request.closure.iter().map(|i| &i.path))?;
+    let plan = CopyPlan::new("local".into(), &request.root, &request.closure, &valid);
+    if request.dry_run {
+        return Ok(Outcome::Planned(plan));
+    }
+    let mut dest = StoreRoot::open(&request.root)?;
+    // Opened and locked now: what another writer added since the plan counts as well.
+    let valid = dest.valid_paths(request.closure.iter().map(|i| &i.path))?;
+    let plan = CopyPlan::new("local".into(), &request.root, &request.closure, &valid);
+    tracing::info!("{}", plan.to_string().lines().next().unwrap_or_default());
+    let missing = plan.missing(&request.closure);
+    let mut progress = Progress::new(missing.len() as u64, plan.nar_bytes_to_send);
+
+    // One thread serialises NARs from the local store while this one unpacks them: reading and
+    // hashing overlap with writing, and the pipe bounds what is in flight.
+    let (mut writer, reader) = pipe(16);
+    let sources: Vec<StorePath> = missing.iter().map(|i| i.path.clone()).collect();
+    let producer = std::thread::spawn(move || -> std::io::Result<()> {
+        for path in sources {
+            nar::dump(Path::new(&path.to_absolute()), &mut writer)?;
+        }
+        Ok(())
+    });
+    let mut done = 0;
+    let received = transfer::receive_all(&mut dest, &missing, reader, |paths, nar_bytes| {
+        progress.advance(paths - done, nar_bytes);
+        done = paths;
+        Ok(())
+    });
+    let produced = producer.join().expect("the NAR producer does not panic");
+    progress.finish();
+    // A broken pipe only means the receiving side stopped first; its error is the one to show.
+    match produced {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(StoreError::io(Path::new(crate::store::STORE_DIR), e));
+        }
+        _ => {}
+    }
+    let received = received?;
+    Ok(Outcome::Copied(Summary {
+        paths_sent: received.paths,
+        paths_skipped: plan.skip.len() as u64,
+        nar_bytes: received.nar_bytes,
+        wire_bytes: 0,
+        seconds: started.elapsed().as_secs_f64(),
+        sync_seconds: received.sync_seconds,
+        zstd_levels: Vec::new(),
+    }))
+}
+
+/// Copies over SSH into the store root `request.root` on `target`, through the agent: one
+/// channel, one stream, only the paths the target lacks.
+async fn copy_over_ssh(
+    request: &CopyRequest,
+    target: &Target,
+    opts: &SshOptions,
+) -> Result<Outcome, CopyError> {
+    let started = Instant::now();
+    let pin = HostKeyPin::new();
+    let session = Session::connect(target, opts, &pin)
+        .await
+        .map_err(RemoteError::from)?;
+    tracing::info!(
+        "connected to {target} ({})",
+        session.cipher().unwrap_or_default()
+    );
+    let mut agent =
+        remote::start_agent(&session, &remote::agent_binary()?, opts.patience()).await?;
+    let outcome = match with_agent(request, target, &mut agent, started).await {
+        Ok(outcome) => {
+            agent.finish().await?;
+            outcome
+        }
+        // The agent's exit status and stderr say what its reply could not.
+        Err(e) => return Err(agent.abandon(e).await.into()),
+    };
+    // Best effort: everything is done; a failed goodbye changes nothing on the target.
+    let _ = session.close().await;
+    Ok(outcome)
+}
+
+async fn with_agent(
+    request: &CopyRequest,
+    target: &Target,
+    agent: &mut Agent,
+    started: Instant,
+) -> Result<Outcome, RemoteError> {
+    let paths: Vec<StorePath> = request.closure.iter().map(|i| i.path.clone()).collect();
+    let root = &request.root;
+    let valid = agent.client.query_valid(root, &paths).await?;
+    let plan = CopyPlan::new(target.to_string(), root, &request.closure, &valid);
+    if request.dry_run {
+        return Ok(Outcome::Planned(plan));
+    }
+    agent.client.open_store(root).await?;
+    // Opened and locked now: the answer counts what another writer added since.
+    let valid = agent.client.query_valid(root, &paths).await?;
+    let plan = CopyPlan::new(target.to_string(), root, &request.closure, &valid);
+    tracing::info!("{}", plan.to_string().lines().next().unwrap_or_default());
+    let missing = plan.missing(&request.closure);
+    let mut progress = Progress::new(missing.len() as u64, plan.nar_bytes_to_send);
+    let transfer = if missing.is_empty() {
+        None
+    } else {
+        Some(
+            agent
+                .client
+                .receive(&missing, request.compression, &mut progress)
+                .await?,
+        )
+    };
+    progress.finish();
+    Ok(Outcome::Copied(Summary {
+        paths_sent: missing.len() as u64,
+        paths_skipped: plan.skip.len() as u64,
+        nar_bytes: plan.nar_bytes_to_send,
+        wire_bytes: transfer.as_ref().map_or(0, |t| t.wire_bytes),
+        seconds: started.elapsed().as_secs_f64(),
+        sync_seconds: transfer.as_ref().map_or(0.0, |t| t.sync_seconds),
+        zstd_levels: transfer.map(|t| t.sent.levels).unwrap_or_default(),
+    }))
+}
