@@ -271,6 +271,10 @@ fn disks(class: &Path, mounts: &Mounts) -> Result<Vec<Disk>, FactsError> {
             continue;
         }
         let device = PathBuf::from("/dev").join(&name);
+        let sector = number(&dir.join("queue/logical_block_size")).unwrap_or(512);
+        // Partitions made through BLKPG (no partition parser in the kernel) carry no name in
+        // sysfs: read the GPT's own entries then.
+        let mut gpt = None;
         let mut partitions = Vec::new();
         for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
             let part_dir = entry.path();
@@ -281,7 +285,11 @@ fn disks(class: &Path, mounts: &Mounts) -> Result<Vec<Disk>, FactsError> {
             partitions.push(Partition {
                 number: number(&part_dir.join("partition")).map(|n| n as u32),
                 size_bytes: number(&part_dir.join("size")).unwrap_or(0) * 512,
-                label: uevent(&part_dir, "PARTNAME"),
+                label: uevent(&part_dir, "PARTNAME").or_else(|| {
+                    let number = number(&part_dir.join("partition"))? as usize;
+                    let names = gpt.get_or_insert_with(|| gpt_names(&device, sector));
+                    names.get(number.checked_sub(1)?).cloned().flatten()
+                }),
                 holders: list(&part_dir.join("holders")),
                 mounts: mounts.of(&text(&part_dir.join("dev")).unwrap_or_default()),
                 name: part,
@@ -309,6 +317,50 @@ fn disks(class: &Path, mounts: &Mounts) -> Result<Vec<Disk>, FactsError> {
         });
     }
     Ok(disks)
+}
+
+/// The partition names in the GPT on `device` (entry `i` at index `i`), read from the primary
+/// header and its entries; empty when there is none or it cannot be read.
+fn gpt_names(device: &Path, sector: u64) -> Vec<Option<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let read = || -> std::io::Result<Vec<Option<String>>> {
+        let mut disk = fs::File::open(device)?;
+        let mut header = vec![0u8; sector as usize];
+        disk.seek(SeekFrom::Start(sector))?;
+        disk.read_exact(&mut header)?;
+        if &header[..8] != b"EFI PART" {
+            return Ok(Vec::new());
+        }
+        let field = |at: usize, len: usize| {
+            header[at..at + len]
+                .iter()
+                .rev()
+                .fold(0u64, |n, b| (n << 8) | u64::from(*b))
+        };
+        let (entries_lba, count, size) = (field(72, 8), field(80, 4), field(84, 4));
+        // Bounds from the GPT specification: at least 128 bytes an entry, a table of a few MiB.
+        if !(128..=4096).contains(&size) || count > 4096 || size * count > 16 << 20 {
+            return Ok(Vec::new());
+        }
+        let mut table = vec![0u8; (size * count) as usize];
+        disk.seek(SeekFrom::Start(entries_lba * sector))?;
+        disk.read_exact(&mut table)?;
+        Ok(table
+            .chunks(size as usize)
+            .map(|entry| {
+                if entry[..16].iter().all(|b| *b == 0) {
+                    return None; // an unused entry
+                }
+                let units: Vec<u16> = entry[56..128]
+                    .chunks(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .take_while(|u| *u != 0)
+                    .collect();
+                Some(String::from_utf16_lossy(&units))
+            })
+            .collect())
+    };
+    read().unwrap_or_default()
 }
 
 /// `/dev/disk/by-id` links and the devices they resolve to.

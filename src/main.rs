@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser;
 use nixos_anywhere_rs::cli::{Cli, Command};
+use nixos_anywhere_rs::ssh::Target;
 use nixos_anywhere_rs::{agent, run};
 
 fn main() -> ExitCode {
@@ -46,6 +47,13 @@ fn dispatch(cli: Cli) -> Result<()> {
                 (run::copy::Outcome::Planned(plan), false) => eprint!("{plan}"),
                 (run::copy::Outcome::Copied(summary), false) => eprintln!("{summary}"),
             }
+        }
+        Command::Facts(args) => {
+            let opts = args.ssh.options()?;
+            let target = Target::parse_with(&args.destination, &opts)?;
+            let facts =
+                tokio::runtime::Runtime::new()?.block_on(run::facts::run(&target, &opts))?;
+            println!("{}", serde_json::to_string_pretty(&facts)?);
         }
         Command::Agent { give_up_after } => {
             agent::run_on_stdio(give_up_after.map(Duration::from_secs))?

@@ -16,7 +16,7 @@ use nixos_anywhere_rs::transfer::{Compression, FrameSink};
 
 mod nix_oracle;
 
-use nix_oracle::{BIN, placed, registered};
+use nix_oracle::{BIN, assert_verifies, placed, registered};
 
 fn small_closure() -> Vec<PathInfo> {
     let top = StorePath::parse(&nix_oracle::closure("small")).unwrap();
@@ -61,27 +61,6 @@ async fn transfer(
     Ok(transfer.paths)
 }
 
-fn nix_verify(root: &Path) {
-    let out = Command::new("nix-store")
-        .args([
-            "--option",
-            "build-users-group",
-            "",
-            "--verify",
-            "--check-contents",
-            "--store",
-        ])
-        .arg(root)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "nix-store --verify failed: {stderr}");
-    assert!(
-        !stderr.contains("error") && !stderr.contains("modified"),
-        "{stderr}"
-    );
-}
-
 /// Path infos Nix reads back from the store root, for comparison with the source's.
 fn path_infos_in(root: &Path, top: &StorePath) -> Vec<PathInfo> {
     let out = Command::new("nix")
@@ -122,7 +101,7 @@ async fn streams_a_closure_that_nix_accepts_and_skips_it_the_second_time() {
             transfer(&root, &closure, compression).await.unwrap(),
             closure.len() as u64
         );
-        nix_verify(&root);
+        assert_verifies(&root);
         let top = &closure.last().unwrap().path;
         let mut expected: Vec<PathInfo> = closure
             .iter()
@@ -251,7 +230,7 @@ fn rejects_a_path_whose_bytes_do_not_match_and_registers_none_of_it() {
 /// After an interruption: Nix accepts the store, a rerun sends exactly the paths that were not
 /// registered, and a third run sends nothing.
 async fn check_resumes(root: &Path, closure: &[PathInfo]) {
-    nix_verify(root);
+    assert_verifies(root);
     let before = registered(root);
     let sent = transfer(root, closure, Compression::Auto).await.unwrap();
     assert_eq!(
@@ -259,7 +238,7 @@ async fn check_resumes(root: &Path, closure: &[PathInfo]) {
         closure.len() as u64 - before,
         "{before} were registered"
     );
-    nix_verify(root);
+    assert_verifies(root);
     assert_eq!(transfer(root, closure, Compression::Auto).await.unwrap(), 0);
 }
 
@@ -509,4 +488,154 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for HoldWriter<W> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// The agent reports why a transfer failed and exits, which breaks the stream the tool is still
+/// sending: the user must see the agent's reason (the path and its hash), not the broken pipe.
+/// The ordering is forced: the agent's reply is held back until the sender has hit the broken
+/// pipe, so a tool that reported the first error it saw would fail this every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_error_wins_over_the_broken_pipe_it_leaves() {
+    let mut closure = small_closure();
+    let total: u64 = closure.iter().map(|i| i.nar_size).sum();
+    assert!(total > 8 << 20, "the stream must outgrow the agent's pipe");
+    let victim = closure[0].path.clone();
+    closure[0].nar_hash = nixos_anywhere_rs::nar::NarHash::digest(b"something else");
+    let (_dir, root) = temp_root();
+    let mut agent = spawn_agent();
+    let gate = Gate::default();
+    let out = GatedReader {
+        inner: agent.stdout.take().unwrap(),
+        gate: gate.clone(),
+    };
+    let inp = GateOpener {
+        inner: agent.stdin.take().unwrap(),
+        gate: gate.clone(),
+    };
+    let mut client = AgentClient::connect(out, inp).await.unwrap();
+    client.open_store(&root).await.unwrap();
+    gate.close();
+    let mut progress = Progress::new(closure.len() as u64, 0);
+    let err = client
+        .receive(&closure, Compression::None, &mut progress)
+        .await
+        .unwrap_err();
+    assert!(gate.opened_by_broken_pipe(), "the pipe did not break first");
+    match err {
+        ClientError::Agent(failure) => {
+            assert_eq!(failure.kind, proto::ErrorKind::Integrity, "{failure}");
+            assert!(
+                failure.message.contains(&victim.to_absolute())
+                    && failure.message.contains("NAR hash"),
+                "{failure}"
+            );
+        }
+        other => panic!("the broken pipe hid the agent's error: {other}"),
+    }
+    assert_eq!(registered(&root), 0);
+    let _ = agent.wait().await;
+}
+
+/// Holds the agent's replies back while closed; the first failed write to the agent opens it.
+#[derive(Clone, Default)]
+struct Gate(std::sync::Arc<std::sync::Mutex<GateState>>);
+
+#[derive(Default)]
+struct GateState {
+    closed: bool,
+    opened_by_broken_pipe: bool,
+    waiting: Option<std::task::Waker>,
+}
+
+impl Gate {
+    fn close(&self) {
+        self.0.lock().unwrap().closed = true;
+    }
+
+    fn open_on_broken_pipe(&self) {
+        let mut state = self.0.lock().unwrap();
+        if state.closed {
+            state.closed = false;
+            state.opened_by_broken_pipe = true;
+            if let Some(waker) = state.waiting.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    fn opened_by_broken_pipe(&self) -> bool {
+        self.0.lock().unwrap().opened_by_broken_pipe
+    }
+}
+
+struct GatedReader<R> {
+    inner: R,
+    gate: Gate,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for GatedReader<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        {
+            let mut state = self.gate.0.lock().unwrap();
+            if state.closed {
+                state.waiting = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+struct GateOpener<W> {
+    inner: W,
+    gate: Gate,
+}
+
+impl<W: AsyncWrite + Unpin> FrameSink for GateOpener<W> {}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for GateOpener<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf));
+        if written.is_err() {
+            self.gate.open_on_broken_pipe();
+        }
+        Poll::Ready(written)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The agent reports the machine it runs on: what the kernel's own files say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reports_the_facts_of_its_machine() {
+    let mut agent = spawn_agent();
+    let (out, inp) = (agent.stdout.take().unwrap(), agent.stdin.take().unwrap());
+    let mut client = AgentClient::connect(out, inp).await.unwrap();
+    let facts = client.facts().await.unwrap();
+    client.bye().await;
+    assert!(agent.wait().await.unwrap().success());
+    assert_eq!(facts.arch, std::env::consts::ARCH);
+    let uname = std::process::Command::new("uname")
+        .arg("-r")
+        .output()
+        .unwrap();
+    assert_eq!(facts.kernel, String::from_utf8_lossy(&uname.stdout).trim());
+    assert_eq!(facts.uid, 0, "the tests run as root");
+    let debian = std::fs::read_to_string("/etc/os-release").unwrap();
+    assert_eq!(facts.is_installer, debian.contains("VARIANT_ID=installer"));
+    assert!(facts.memory.total_bytes > 1 << 30);
 }

@@ -10,7 +10,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 
-use nix_oracle::{BIN, closure, closure_paths, nix, nix_store, output, path_infos, run};
+use nix_oracle::{
+    BIN, assert_verifies, closure, closure_paths, nix, nix_store, output, path_infos, run,
+};
 use nixos_anywhere_rs::nar;
 use nixos_anywhere_rs::store::{StorePath, StoreRoot, query_closure};
 
@@ -28,31 +30,6 @@ fn copy(root: &Path, top: &str) -> Summary {
         .arg(root)
         .arg(top));
     serde_json::from_slice(&out).expect("copy --json prints a summary")
-}
-
-/// `nix-store --verify --check-contents` on the store root succeeds and says nothing but its
-/// progress lines.
-fn assert_verifies(root: &Path) {
-    let out = output(
-        nix_store()
-            .args(["--verify", "--check-contents", "--store"])
-            .arg(root)
-            .args(["--option", "build-users-group", ""]),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "nix-store --verify failed:\n{stderr}");
-    let progress = [
-        "reading the Nix store...",
-        "checking path existence...",
-        "checking link hashes...",
-        "checking store hashes...",
-    ];
-    for line in stderr.lines() {
-        assert!(
-            progress.contains(&line),
-            "nix-store --verify complains: {line}"
-        );
-    }
 }
 
 /// The store root holds `top`'s closure with the same narHash, narSize and references as the

@@ -4,12 +4,15 @@
 mod nix_oracle;
 mod support;
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nix_oracle::{BIN, closure, path_infos, placed, registered};
+use nix_oracle::{
+    BIN, assert_verifies, closure, closure_paths, exact_snapshot, path_infos, placed, registered,
+};
 use nixos_anywhere_rs::store::{StorePath, query_closure};
 use support::netns::{LinkPair, SERVER_ADDR};
 use support::sshd::Sshd;
@@ -75,15 +78,6 @@ fn nix(args: &[&str], root: &Path) -> Output {
     out
 }
 
-fn verify(root: &Path) {
-    let out = nix(&["nix-store", "--verify", "--check-contents"], root);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("error") && !stderr.contains("modified"),
-        "{stderr}"
-    );
-}
-
 /// Waits until no process holds the store root (an agent whose connection dropped finishes
 /// registering what it received before it exits).
 fn wait_for_agent_to_release(root: &Path) {
@@ -101,7 +95,7 @@ fn copies_a_closure_over_ssh_that_nix_accepts() {
     let first = copy(&sshd, &root, &top, &[]);
     let expected = path_infos(&top, None);
     assert_eq!(first["paths_sent"], expected.len() as u64, "{first}");
-    verify(&root);
+    assert_verifies(&root);
     assert_eq!(path_infos(&top, Some(&root)), expected);
 
     let second = copy(&sshd, &root, &top, &["--compress", "none"]);
@@ -118,7 +112,7 @@ fn every_compression_setting_gives_the_same_store() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         let summary = copy(&sshd, &root, &top, &["--compress", setting]);
-        verify(&root);
+        assert_verifies(&root);
         assert_eq!(
             path_infos(&top, Some(&root)),
             expected,
@@ -186,7 +180,7 @@ fn a_lost_connection_leaves_the_target_resumable() {
             "the copy finished before {kill_after_paths} paths were placed"
         );
         wait_for_agent_to_release(&root);
-        verify(&root);
+        assert_verifies(&root);
         // Data already in flight may have landed after the kill: anything from none to all.
         let before = registered(&root);
         let rerun = copy(&sshd, &root, &top, &[]);
@@ -195,7 +189,7 @@ fn a_lost_connection_leaves_the_target_resumable() {
             total - before,
             "after a kill at {kill_after_paths}: {rerun}"
         );
-        verify(&root);
+        assert_verifies(&root);
         assert_eq!(copy(&sshd, &root, &top, &[])["paths_sent"], 0);
     }
 }
@@ -304,7 +298,7 @@ fn copies_over_a_shaped_link_compressing_for_it() {
         .unwrap();
     assert_ok(&out, &sshd);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    verify(&root);
+    assert_verifies(&root);
     assert_eq!(path_infos(&top, Some(&root)), path_infos(&top, None));
     let (mut compressed, mut blocks) = (0, 0);
     for pair in summary["zstd_levels"].as_array().expect("zstd_levels") {
@@ -376,7 +370,7 @@ fn a_connection_that_dies_silently_leaves_the_target_free_and_resumable() {
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(lock);
-    verify(&root);
+    assert_verifies(&root);
 
     link.set_link(true);
     let before = registered(&root);
@@ -394,5 +388,132 @@ fn a_connection_that_dies_silently_leaves_the_target_free_and_resumable() {
         closure.len() as u64 - before,
         "{rerun}"
     );
-    verify(&root);
+    assert_verifies(&root);
+}
+
+/// `copy --dry-run --json` against a target that holds part of the closure lists exactly the
+/// paths it lacks, and changes nothing there: no lock, no directory, no database journal.
+#[test]
+fn a_dry_run_lists_the_missing_paths_and_leaves_the_target_as_it_was() {
+    let sshd = Sshd::start();
+    let top = closure("small");
+    let all: BTreeSet<String> = closure_paths(&top).into_iter().collect();
+    let part = all
+        .iter()
+        .find(|p| p.ends_with("-pkg-20"))
+        .expect("the small fixture has pkg-20")
+        .clone();
+    let present: BTreeSet<String> = closure_paths(&part).into_iter().collect();
+    assert!(present.len() > 1 && present.len() < all.len());
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    copy(&sshd, &root, &part, &[]);
+
+    let before = exact_snapshot(&root);
+    let plan = copy(&sshd, &root, &top, &["--dry-run"]);
+    assert_eq!(
+        exact_snapshot(&root),
+        before,
+        "the dry run changed the target"
+    );
+    let listed = |key: &str| -> BTreeSet<String> {
+        plan[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {key} in {plan}"))
+            .iter()
+            .map(|p| p["path"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(listed("send"), &all - &present);
+    assert_eq!(listed("skip"), present);
+    let bytes: u64 = plan["send"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["nar_size"].as_u64().unwrap())
+        .sum();
+    assert_eq!(plan["nar_bytes_to_send"].as_u64(), Some(bytes));
+
+    // A root that does not exist yet is not created either, and everything is to be sent.
+    let fresh = dir.path().join("fresh");
+    let plan = copy(&sshd, &fresh, &top, &["--dry-run"]);
+    assert!(!fresh.exists(), "the dry run created {}", fresh.display());
+    assert_eq!(plan["send"].as_array().unwrap().len(), all.len());
+}
+
+/// An agent that dies mid-transfer: the user sees its exit status and the last lines of its
+/// standard error, not only that the stream broke.
+#[test]
+fn an_agent_that_dies_shows_its_stderr_to_the_user() {
+    let sshd = Sshd::start();
+    let top = closure("small");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    // Stands in for the agent on the target: runs the real one on a stream cut short (dd writes
+    // each byte on at once, where head would hold a buffer back), then dies.
+    let wrapper = dir.path().join("dying-agent");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho 'dying-agent: starting {tag}' >&2\ndd bs=1 count=300000 2>/dev/null | {BIN} \"$@\"\necho 'dying-agent: killed on purpose' >&2\nkill -9 $$\n",
+            tag = std::process::id()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = copy_command(&sshd, &root, &top, &[])
+        .env("NIXOS_ANYWHERE_RS_AGENT", &wrapper)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("dying-agent: killed on purpose")
+            && stderr.contains("killed by signal KILL"),
+        "{stderr}"
+    );
+    // The agent's own account of what it saw comes along too.
+    assert!(stderr.contains("closed unexpectedly"), "{stderr}");
+}
+
+/// An agent built for another architecture is refused before anything is uploaded, naming both.
+#[test]
+fn an_agent_for_another_architecture_is_refused_before_it_is_uploaded() {
+    let sshd = Sshd::start();
+    let top = closure("small");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let mut foreign = std::fs::read(BIN).unwrap();
+    foreign[18..20].copy_from_slice(&0xb7u16.to_le_bytes()); // EM_AARCH64
+    foreign.extend_from_slice(format!("{}", std::process::id()).as_bytes());
+    let path = dir.path().join("aarch64-agent");
+    std::fs::write(&path, &foreign).unwrap();
+    let out = copy_command(&sshd, &root, &top, &[])
+        .env("NIXOS_ANYWHERE_RS_AGENT", &path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("the target is {}", std::env::consts::ARCH))
+            && stderr.contains("built for aarch64")
+            && stderr.contains("--agent"),
+        "{stderr}"
+    );
+    assert!(!root.exists(), "the target was changed");
+    use sha2::Digest;
+    let name = format!(
+        "nixos-anywhere-rs-{}",
+        &data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(&foreign))[..32]
+    );
+    let uploaded = std::fs::read_dir("/run/nixos-anywhere-rs")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(&name));
+    assert!(!uploaded, "the foreign agent was uploaded");
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use generate::{CASES, Case};
-use nix_oracle::{BIN, nix, nix_store, output, run, snapshot};
+use nix_oracle::{BIN, assert_verifies, nix, nix_store, output, run, snapshot};
 use nixos_anywhere_rs::nar::hash::nix32_encode;
 use nixos_anywhere_rs::nar::{self, Canonical, NarError, NarReader, RestoreError};
 use nixos_anywhere_rs::store::{NarHash, PathInfo, StoreError, StorePath, StoreRoot};
@@ -274,17 +274,7 @@ fn corpus_is_rejected_by_the_store_receiver() {
     fs::remove_dir(store_dir.join("sentinel")).expect("the sentinel stays empty");
 
     // Nix agrees: the valid paths, and only they, are there and intact.
-    let verify = output(
-        nix_store()
-            .args(["--verify", "--check-contents", "--store"])
-            .arg(root)
-            .args(["--option", "build-users-group", ""]),
-    );
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    assert_verifies(root);
     let all = run(nix().args(["path-info", "--all", "--store"]).arg(root));
     let all: BTreeSet<String> = String::from_utf8(all)
         .unwrap()

@@ -34,6 +34,9 @@ pub enum Command {
     Nar(NarCommand),
     /// Copy store closures to a store root, like `nix copy`.
     Copy(CopyArgs),
+    /// Show what the agent finds on a target (architecture, installer or not, memory, disks,
+    /// network), as JSON: what every phase plans from.
+    Facts(FactsArgs),
     /// Serve the tool on stdin/stdout (run by the tool on the target, over SSH).
     #[command(hide = true)]
     Agent {
@@ -41,6 +44,15 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS")]
         give_up_after: Option<u64>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct FactsArgs {
+    /// The target: `ssh://[user@]host[:port]` or `[user@]host`.
+    #[arg(value_name = "DESTINATION")]
+    pub destination: String,
+    #[command(flatten)]
+    pub ssh: SshArgs,
 }
 
 /// How to reach the target over SSH, as nixos-anywhere takes it.

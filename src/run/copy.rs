@@ -17,8 +17,8 @@ use tracing::Instrument;
 use crate::nar;
 use crate::pipe::pipe;
 use crate::progress::{Progress, mib};
-use crate::remote::{self, Agent, ClientError, RemoteError};
-use crate::ssh::{HostKeyPin, Session, SshOptions, Target};
+use crate::remote::{Agent, ClientError, RemoteError};
+use crate::ssh::{SshOptions, Target};
 use crate::store::{PathInfo, StoreError, StorePath, StoreRoot};
 use crate::transfer::{self, Compression};
 
@@ -245,16 +245,7 @@ async fn copy_over_ssh(
     opts: &SshOptions,
 ) -> Result<Outcome, CopyError> {
     let started = Instant::now();
-    let pin = HostKeyPin::new();
-    let session = Session::connect(target, opts, &pin)
-        .await
-        .map_err(RemoteError::from)?;
-    tracing::info!(
-        "connected to {target} ({})",
-        session.cipher().unwrap_or_default()
-    );
-    let mut agent =
-        remote::start_agent(&session, &remote::agent_binary()?, opts.patience()).await?;
+    let (session, mut agent) = super::connect(target, opts).await?;
     let outcome = match with_agent(request, target, &mut agent, started).await {
         Ok(outcome) => {
             agent.finish().await?;

@@ -63,6 +63,31 @@ pub fn output(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
+/// `nix-store --verify --check-contents` on the store root succeeds and says nothing but its
+/// progress lines.
+pub fn assert_verifies(root: &Path) {
+    let out = output(
+        nix_store()
+            .args(["--verify", "--check-contents", "--store"])
+            .arg(root)
+            .args(["--option", "build-users-group", ""]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "nix-store --verify failed:\n{stderr}");
+    let progress = [
+        "reading the Nix store...",
+        "checking path existence...",
+        "checking link hashes...",
+        "checking store hashes...",
+    ];
+    for line in stderr.lines() {
+        assert!(
+            progress.contains(&line),
+            "nix-store --verify complains: {line}"
+        );
+    }
+}
+
 /// Every path of the closure of `top`, as `nix-store -qR` lists it.
 pub fn closure_paths(top: &str) -> Vec<String> {
     let out = run(nix_store().args(["-qR", top]));
@@ -160,6 +185,23 @@ fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     walk(dir, Path::new(""), &mut out);
+    out
+}
+
+/// Everything of a tree a change could touch: the [`snapshot`], plus each entry's modification
+/// time and each file's contents (its SHA-256).
+pub fn exact_snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    use sha2::{Digest, Sha256};
+    let mut out = snapshot(dir);
+    for (rel, desc) in out.iter_mut() {
+        let path = dir.join(rel);
+        let meta = fs::symlink_metadata(&path).unwrap();
+        desc.push_str(&format!(" mtime {}.{}", meta.mtime(), meta.mtime_nsec()));
+        if meta.file_type().is_file() {
+            let digest = Sha256::digest(fs::read(&path).unwrap());
+            desc.push_str(&format!(" sha256 {digest:x}"));
+        }
+    }
     out
 }
 
