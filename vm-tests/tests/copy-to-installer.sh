@@ -2,7 +2,9 @@
 # Streams the small fixture closure into the installer, which has no Nix, with the fully static
 # executable as its own agent, onto an ext4 filesystem mounted at /mnt as an install would; a
 # rerun sends nothing. The store root is then brought back to the host, where Nix 2.8 must
-# accept it (`nix-store --verify --check-contents`) and list the same closure.
+# accept it (`nix-store --verify --check-contents`) and list the same closure. Before that, the
+# agent's facts must say what the guest is: an x86_64 NixOS installer with a 2 GiB virtio disk
+# mounted at /mnt.
 set -euo pipefail
 source "$(dirname "$0")/../lib/harness.sh"
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -14,6 +16,15 @@ vm_start inst --image installer --disk 2G
 vm_wait_ssh inst root
 vm_ssh inst root 'if command -v nix-store >/dev/null; then echo "the installer has Nix"; exit 1; fi
 	mkfs.ext4 -q -F /dev/vda && mkdir -p /mnt && mount /dev/vda /mnt'
+
+facts=$(NIXOS_ANYWHERE_RS_AGENT=$tool "$tool" facts "root@127.0.0.1" -p "$(vm_port inst)" -i "$VM_KEY")
+echo "facts: $(jq -c '{arch, kernel, is_installer, uid, memory, disks: [.disks[] | {name, size_bytes, mounts}]}' <<< "$facts")"
+jq -e '.arch == "x86_64" and .is_installer and .uid == 0 and .os.variant_id == "installer"' <<< "$facts" > /dev/null ||
+	fail "the facts do not describe an x86_64 NixOS installer logged into as root"
+jq -e '.disks[] | select(.name == "vda") | .size_bytes == 2147483648 and .logical_sector_size == 512 and .mounts == ["/mnt"]' \
+	<<< "$facts" > /dev/null || fail "the facts do not show vda (2 GiB, mounted at /mnt)"
+jq -e '.memory.total_bytes > 0 and ([.interfaces[].addresses[]] | index("127.0.0.1"))' <<< "$facts" > /dev/null ||
+	fail "the facts lack memory or addresses"
 
 copy() {
 	NIXOS_ANYWHERE_RS_AGENT=$tool "$tool" copy --json --to "ssh://root@127.0.0.1:$(vm_port inst)" \
