@@ -6,6 +6,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::stream::Compression;
 
+pub mod install;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "nixos-anywhere-rs",
