@@ -364,7 +364,7 @@ fn target(a: &InstallArgs, env: &Environment) -> Result<Option<SshSettings>, Cli
     }
     let parsed = Target::parse(destination).map_err(|source| CliError::Ssh {
         flag: "<SSH-HOST>",
-        source,
+        source: Box::new(source),
     })?;
     let without_scheme = destination.strip_prefix("ssh://").unwrap_or(destination);
     let user = without_scheme.rsplit_once('@').map(|(u, _)| u.to_owned());
@@ -376,7 +376,7 @@ fn target(a: &InstallArgs, env: &Environment) -> Result<Option<SshSettings>, Cli
     for option in &a.ssh_option {
         scratch.set_option(option).map_err(|source| CliError::Ssh {
             flag: "--ssh-option",
-            source,
+            source: Box::new(source),
         })?;
     }
     let config_file = a
@@ -478,7 +478,7 @@ fn post_kexec_host(text: &str) -> Result<String, CliError> {
     };
     let parsed = Target::parse(host).map_err(|source| CliError::Ssh {
         flag: "--post-kexec-ssh-host",
-        source,
+        source: Box::new(source),
     })?;
     Ok(parsed.host)
 }

@@ -50,10 +50,11 @@ pub enum CliError {
     )]
     UnknownPhase { phase: String },
 
+    /// Boxed: the SSH layer's error is large, and this one is returned everywhere.
     #[error("{flag}: {source}")]
     Ssh {
         flag: &'static str,
         #[source]
-        source: SshError,
+        source: Box<SshError>,
     },
 }

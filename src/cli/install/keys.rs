@@ -118,13 +118,19 @@ impl KeySources {
             local: local.to_owned(),
             source,
         };
-        // Opening first and asking the open file keeps the identity and the bytes together
-        // (a name can be replaced in between; a descriptor cannot).
-        let file = File::open(local).map_err(failed)?;
-        let meta = file.metadata().map_err(failed)?;
+        // Known by its identity before it is opened: a FIFO opened a second time would wait
+        // for a writer that is gone. The opened file must then be the one looked at.
+        let meta = std::fs::metadata(local).map_err(failed)?;
         let id = (meta.dev(), meta.ino());
         if let Some(key) = self.read.get(&id) {
             return Ok(Arc::clone(key));
+        }
+        let file = File::open(local).map_err(failed)?;
+        let opened = file.metadata().map_err(failed)?;
+        if (opened.dev(), opened.ino()) != id {
+            return Err(failed(io::Error::other(
+                "it was replaced while being opened",
+            )));
         }
         let key = match read_to_end(file) {
             Ok(key) => Arc::new(key),
