@@ -90,7 +90,7 @@ fn fixture(name: &str) -> PathBuf {
 #[case("--flake .#a -o Port=2200 -p 2222 h", |r: &InstallRequest| {
     let mut opts = SshOptions::default();
     ssh(r).apply_to(&mut opts).unwrap();
-    assert_eq!(opts.port, Some(2200), "an option given wins over -p, as in nixos-anywhere's order");
+    assert_eq!(opts.port, Some(2200), "an option given wins over -p, as with `copy`");
 })]
 #[case("--flake .#a -i @ID -i @ID2 h", |r: &InstallRequest| assert_eq!(ssh(r).identity_files, [fixture("id"), fixture("id2")]))]
 #[case("--flake .#a -F @CONFIG demo", |r: &InstallRequest| assert_eq!(ssh(r).config_file.as_deref(), Some(fixture("ssh_config").as_path())))]
@@ -211,6 +211,12 @@ fn fixture(name: &str) -> PathBuf {
 // Flags without effect for the phases chosen are said so.
 #[case("--flake .#a --phases disko,install --kexec @XZ h", |r: &InstallRequest| {
     assert_eq!(r.warnings, ["--kexec has no effect without the kexec phase"]);
+})]
+#[case("--store-paths @JSON @SYSTEM --build-on remote --phases install --chown x 0:0 h", |r: &InstallRequest| {
+    assert_eq!(r.warnings, ["--build-on remote has no effect with --store-paths (they are built already)"]);
+})]
+#[case("--flake .#a --phases install --post-kexec-ssh-port 22 --copy-host-keys h", |r: &InstallRequest| {
+    assert_eq!(r.warnings, ["--post-kexec-ssh-host/--post-kexec-ssh-port has no effect without the kexec phase"]);
 })]
 fn accepted(#[case] line: &str, #[case] check: fn(&InstallRequest)) {
     let r = request(line).unwrap_or_else(|e| panic!("{line}: {e}"));
@@ -421,4 +427,43 @@ fn values_with_spaces() {
     .unwrap();
     assert_eq!(r.build.nix_options[0].value, "http://a http://b");
     assert_eq!(r.chown[0].path, Path::new("home/my dir"));
+}
+
+/// The request as `--dry-run --json` prints it: the planner's and the user's view.
+#[test]
+fn json_shape() {
+    let r = request(
+        "--flake .#demo --phases install,disko --disko-mode format,mount \
+         --kexec https://example.org/k.tar.gz --disk-encryption-keys /tmp/k @KEY me@h",
+    )
+    .unwrap();
+    let j = serde_json::to_value(&r).unwrap();
+    assert_eq!(j["phases"], serde_json::json!(["disko", "install"]));
+    assert_eq!(
+        j["source"],
+        serde_json::json!({"kind": "flake", "flake": ".", "attr": "nixosConfigurations.\"demo\".config"})
+    );
+    assert_eq!(
+        j["disko"],
+        serde_json::json!({"mode": "format,mount", "deps": true})
+    );
+    assert_eq!(
+        j["kexec"]["image"],
+        serde_json::json!({"kind": "url", "url": "https://example.org/k.tar.gz", "format": "gzip"})
+    );
+    assert_eq!(j["target"]["user"], "me");
+    assert_eq!(j["target"]["password"], serde_json::Value::Null);
+    assert_eq!(
+        j["target"]["after_kexec"],
+        serde_json::json!({"user": "root", "host": "h", "port": null})
+    );
+    assert_eq!(j["disk_encryption_keys"][0]["remote"], "/tmp/k");
+    assert_eq!(j["build"]["on"], "auto");
+    let r =
+        request("--store-paths @SCRIPT @SYSTEM --generate-hardware-config nixos-facter f.json h")
+            .unwrap();
+    let j = serde_json::to_value(&r).unwrap();
+    assert_eq!(j["source"]["layout"]["kind"], "disko_script");
+    assert_eq!(j["source"]["system"], files().system.as_str());
+    assert_eq!(j["hardware_config"]["backend"], "nixos-facter");
 }

@@ -37,7 +37,7 @@ Environment:
 /// `nixos-anywhere-rs [options] [<ssh-host>]`: install NixOS on the machine at `<ssh-host>`.
 /// Flattened into the top-level command, beside the subcommands (`args_conflicts_with_subcommands`
 /// on the parent keeps `copy ...` a subcommand and `--flake .#x copy` a host named copy).
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(args_override_self = true, after_help = ENVIRONMENT)]
 pub struct InstallArgs {
     // ---- Target ----

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -33,15 +34,18 @@ impl Environment {
     /// Reads the variables of this process. Empty `SSHPASS` and `SSH_PRIVATE_KEY` count as
     /// unset, as in nixos-anywhere (`[[ -n ... ]]`).
     pub fn from_process() -> Self {
+        // As bytes: a password need not be UTF-8, and a copy in a `String` would not be wiped.
         let secret = |name| {
-            std::env::var(name)
-                .ok()
-                .filter(|v| !v.trim().is_empty())
-                .map(Secret::from_string)
+            std::env::var_os(name)
+                .map(OsStringExt::into_vec)
+                .filter(|v| !v.is_empty())
+                .map(Secret::new)
         };
         Self {
             sshpass: secret("SSHPASS"),
-            ssh_private_key: secret("SSH_PRIVATE_KEY"),
+            // Key text of spaces and newlines only is no key (as the SSH layer reads it).
+            ssh_private_key: secret("SSH_PRIVATE_KEY")
+                .filter(|k| !k.expose().iter().all(u8::is_ascii_whitespace)),
             nixos_no_check: std::env::var("NIXOS_NO_CHECK").ok(),
         }
     }
@@ -105,7 +109,7 @@ impl InstallArgs {
             .map(|p| existing(p, "--agent", Kind::Executable))
             .transpose()?;
 
-        no_effect_warnings(&a, &phases, &source, &mut warnings);
+        no_effect_warnings(&a, &phases, &source, build_on, &mut warnings);
 
         Ok(InstallRequest {
             vm_test: a.vm_test,
@@ -797,6 +801,7 @@ fn no_effect_warnings(
     a: &InstallArgs,
     phases: &BTreeSet<Phase>,
     source: &Source,
+    build_on: BuildOn,
     warnings: &mut Vec<String>,
 ) {
     let mut warn = |used: bool, flag: &str, why: &str| {
@@ -842,6 +847,17 @@ fn no_effect_warnings(
         store && a.no_disko_deps,
         "--no-disko-deps",
         "with --store-paths (the disko script runs as built)",
+    );
+    warn(
+        store && build_on == BuildOn::Remote,
+        "--build-on remote",
+        "with --store-paths (they are built already)",
+    );
+    warn(
+        !phases.contains(&Phase::Kexec)
+            && (a.post_kexec_ssh_host.is_some() || a.post_kexec_ssh_port.is_some()),
+        "--post-kexec-ssh-host/--post-kexec-ssh-port",
+        no_kexec,
     );
 }
 
