@@ -12,6 +12,8 @@ mod duration;
 mod error;
 mod keys;
 mod request;
+mod target;
+mod values;
 
 pub use args::{BuildOn, DiskoMode, InstallArgs};
 pub use convert::{Environment, parse_flake};
