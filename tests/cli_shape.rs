@@ -159,6 +159,12 @@ fn the_install_and_the_subcommands_both_parse() {
         (1, &["copy".to_owned()][..])
     );
 
+    // args_override_self (the last of a repeated flag wins, as in nixos-anywhere) leaves the
+    // counting -v alone.
+    let cli =
+        Cli::try_parse_from(["nixos-anywhere-rs", "-v", "-v", "-p", "1", "-p", "2", "h"]).unwrap();
+    assert_eq!((cli.verbose, cli.install.ssh_port), (2, Some(2)));
+
     // An install flag after the subcommand is the subcommand's problem, not silently an install.
     assert!(Cli::try_parse_from(["nixos-anywhere-rs", "copy", "--flake", ".#x"]).is_err());
 }
