@@ -13,6 +13,8 @@ pub use nar::NarCommand;
 
 use crate::ssh::{SshError, SshOptions};
 
+pub mod install;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "nixos-anywhere-rs",
