@@ -52,8 +52,9 @@ demo__format_script() {
 # profile (system -> system-1-link -> TOPLEVEL), /etc/NIXOS, /etc/mtab, root's
 # authorized key (the test key, as --extra-files would place it), the
 # system's own activate and `switch-to-configuration boot` in a chroot with
-# /dev, /proc, /sys and NIXOS_INSTALL_BOOTLOADER=1; prints what the
-# bootloader step left; unmounts and powers the guest off.
+# /dev, /proc, /sys and NIXOS_INSTALL_BOOTLOADER=1, twice (a rerun must
+# leave the same files); prints what the bootloader step left; unmounts and
+# powers the guest off.
 demo_install() {
 	local guest=$1 config=$2 top=$3 tool=$4 layout
 	layout=$(demo_layout "$config")
@@ -80,6 +81,12 @@ demo_install() {
 		mount -t proc proc /mnt/proc
 		chroot /mnt $top/activate
 		NIXOS_INSTALL_BOOTLOADER=1 chroot /mnt /run/current-system/bin/switch-to-configuration boot
+		# A rerun, as a second install on the same machine makes, succeeds
+		# and leaves the same files.
+		sums() { (cd /mnt/boot && find . -type f | sort | xargs md5sum); }
+		sums > /tmp/boot.first
+		NIXOS_INSTALL_BOOTLOADER=1 chroot /mnt /run/current-system/bin/switch-to-configuration boot
+		sums | cmp -s /tmp/boot.first - || { echo "a rerun changed /boot"; exit 1; }
 		echo "--- after switch-to-configuration boot:"
 		if [ -d /mnt/boot/loader ]; then
 			find /mnt/boot -type f | sort

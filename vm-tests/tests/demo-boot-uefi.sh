@@ -21,15 +21,30 @@ t=$SECONDS
 demo_install inst demo "$top" "$tool"
 echo "installed $top in $((SECONDS - t)) s"
 
+# The guest reboots in place (--reboot), as a real server does, with the
+# panic guard on.
 t=$SECONDS
-vm_boot_disk booted uefi "$(vm_disk inst 0)" "$(vm_port inst)"
+vm_boot_disk booted uefi "$(vm_disk inst 0)" "$(vm_port inst)" --reboot
 vm_wait_ssh booted root 300
 echo "the installed disk booted to SSH in $((SECONDS - t)) s"
 demo_check_booted booted "$top"
 [[ $DEMO_FIRMWARE == uefi ]] || fail "not booted through UEFI"
 grep -q 'stage 1: mounting /dev/vda2 (disk-main-root)' "$(vm_serial booted)" ||
 	fail "stage 1 did not find the root by its partition label"
-vm_stop booted
+
+# A reboot goes through the firmware and systemd-boot again, into the same
+# system; a kernel panic then ends qemu instead of rebooting.
+vm_ssh booted root reboot || true
+vm_wait_ssh_gone booted 60
+vm_wait_ssh booted root 300
+vm_running booted || fail "qemu ended on a reboot despite --reboot"
+[[ $(grep -c 'stage 2: booting' "$(vm_serial booted)") == 2 ]] || fail "the guest did not boot twice"
+demo_check_booted booted "$top" > /dev/null
+# The session ends with the guest.
+vm_ssh booted root 'echo c > /proc/sysrq-trigger' || true
+vm_wait_exit booted 60
+grep -q 'Kernel panic' "$(vm_serial booted)" || fail "qemu ended, but not on a panic"
+[[ $(grep -c 'stage 2: booting' "$(vm_serial booted)") == 2 ]] || fail "the panicked guest rebooted"
 
 demo_verify_disk "$(vm_disk inst 0)"
 echo "the demo system boots from its disk under OVMF, and Nix accepts its store"
