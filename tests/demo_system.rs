@@ -268,3 +268,53 @@ fn switch_to_configuration_fails_when_it_cannot_install(
     let left: Vec<_> = fs::read_dir(root.path("boot")).unwrap().collect();
     assert!(left.is_empty(), "{how:?}: /boot has {left:?}");
 }
+
+/// `demo-disko-internals` has the demo's layout with what disko's module adds (scripts,
+/// functions, a parent link): plain `nix eval --json` fails on it, and dropping functions and
+/// `_` names but `_index` and `_name` gives the demo's layout back. The installer's own
+/// evaluation is tested against it elsewhere; this keeps the fixture honest.
+#[test]
+fn the_internals_variant_is_the_demo_layout_plus_what_disko_adds() {
+    let attr = |name: &str| {
+        format!(
+            "{}#nixosConfigurations.{name}.config.disko.devices",
+            repo().join("fixtures/demo").display()
+        )
+    };
+    let nix_eval = |args: &[&str]| {
+        output(
+            Command::new("nix")
+                .env("NIX_REMOTE", "local")
+                .args([
+                    "--extra-experimental-features",
+                    "nix-command flakes",
+                    "eval",
+                ])
+                .args(["--json", "--option", "build-users-group", ""])
+                .args(args),
+        )
+    };
+    let plain = nix_eval(&[&attr("demo-disko-internals")]);
+    assert!(!plain.status.success(), "a tree with functions became JSON");
+    assert!(
+        String::from_utf8_lossy(&plain.stderr).contains("cannot convert a function to JSON"),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let create = nix_eval(&[&format!(
+        "{}.disk.main.content.partitions.ESP._create",
+        attr("demo-disko-internals")
+    )]);
+    assert!(create.status.success(), "the partitions carry no _create");
+
+    let strip = "let strip = v: \
+        if builtins.isAttrs v then builtins.mapAttrs (_: strip) (builtins.removeAttrs v \
+          (builtins.filter (n: builtins.isFunction v.${n} \
+            || (builtins.substring 0 1 n == \"_\" && n != \"_index\" && n != \"_name\")) \
+          (builtins.attrNames v))) \
+        else if builtins.isList v then map strip v else v; in strip";
+    let stripped = nix_eval(&[&attr("demo-disko-internals"), "--apply", strip]);
+    assert!(stripped.status.success());
+    let stripped: Value = serde_json::from_slice(&stripped.stdout).unwrap();
+    assert_eq!(stripped, eval("demo", "disko.devices"));
+}
