@@ -130,19 +130,39 @@ demo_check_booted() {
 	DEMO_FIRMWARE=$firmware
 }
 
+# demo_check_switch GUEST: on the booted GUEST, the partitions are named in
+# /dev/disk/by-partlabel, the other filesystems of fileSystems (the ESP) are
+# mounted, and the system's own switch-to-configuration boot succeeds there,
+# as for a nixos-rebuild boot.
+demo_check_switch() {
+	local out
+	out=$(vm_ssh "$1" root 'set -e; ls /dev/disk/by-partlabel; cat /etc/fstab
+		while read -r dev at rest; do
+			awk -v at="$at" '\''$2 == at {found = 1} END {exit !found}'\'' /proc/mounts ||
+				{ echo "$at is not mounted"; exit 1; }
+		done < /etc/fstab
+		/run/current-system/bin/switch-to-configuration boot 2>&1 && echo switched') ||
+		{ echo "$out"; fail "switch-to-configuration boot failed on the booted system"; }
+	echo "$out" | sed 's/^/  switch: /'
+	grep -qx disk-main-root <<< "$out" || fail "no /dev/disk/by-partlabel/disk-main-root"
+}
+
 # demo_verify_disk FILE: the installed store on disk FILE, read back on the
-# host (the root partition loop-mounted read-only, its /nix copied out, as
-# Nix 2.8 cannot open a read-only store), passes
-# `nix-store --verify --check-contents`.
+# host, passes `nix-store --verify --check-contents`. The root partition
+# (found by its label in the GPT) is attached read-only by its offset, not
+# through partition nodes that other loop users on this host may leave stale,
+# and mounted without replaying its journal (a guest that panicked left it
+# unclean); its /nix is copied out, as Nix 2.8 cannot open a read-only store.
 demo_verify_disk() {
-	local file=$1 dev part mnt=$VM_RUN_DIR/diskroot back=$VM_RUN_DIR/back
-	dev=$(vm_loop_attach "$file")
-	for part in "$dev"p*; do
-		[[ $(blkid -p -s PART_ENTRY_NAME -o value "$part") == disk-main-root ]] && break
-	done
-	[[ -b $part ]] || fail "no partition labelled disk-main-root on $file"
+	local file=$1 start size dev mnt=$VM_RUN_DIR/diskroot back=$VM_RUN_DIR/back
+	read -r start size < <(sfdisk -J "$file" | jq -r '.partitiontable as $t
+		| $t.partitions[] | select(.name == "disk-main-root")
+		| "\(.start * ($t.sectorsize // 512)) \(.size * ($t.sectorsize // 512))"')
+	[[ -n ${size:-} ]] || fail "no partition labelled disk-main-root on $file"
+	dev=$(losetup --find --show --read-only --offset "$start" --sizelimit "$size" "$file")
+	echo "$dev" >> "$VM_RUN_DIR/loops"
 	mkdir -p "$mnt" "$back"
-	mount -o ro "$part" "$mnt"
+	mount -t ext4 -o ro,noload "$dev" "$mnt"
 	cp -a "$mnt/nix" "$back/"
 	umount "$mnt"
 	nix-store --option build-users-group '' --verify --check-contents --store "$back" \

@@ -27,7 +27,9 @@ demo_check_booted booted "$top"
 [[ $DEMO_FIRMWARE == bios ]] || fail "booted through UEFI, not the BIOS"
 grep -q 'stage 1: mounting /dev/vda2 (disk-main-root)' "$(vm_serial booted)" ||
 	fail "stage 1 did not find the root by its partition label"
-vm_stop booted
+demo_check_switch booted
+vm_ssh booted root poweroff || true
+vm_wait_exit booted 60
 
 demo_verify_disk "$(vm_disk inst 0)"
 echo "the BIOS demo system boots from its disk under SeaBIOS, and Nix accepts its store"

@@ -31,6 +31,7 @@ demo_check_booted booted "$top"
 [[ $DEMO_FIRMWARE == uefi ]] || fail "not booted through UEFI"
 grep -q 'stage 1: mounting /dev/vda2 (disk-main-root)' "$(vm_serial booted)" ||
 	fail "stage 1 did not find the root by its partition label"
+demo_check_switch booted
 
 # A reboot goes through the firmware and systemd-boot again, into the same
 # system; a kernel panic then ends qemu instead of rebooting.
