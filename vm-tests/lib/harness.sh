@@ -36,8 +36,8 @@ fail() {
 #                    tool waiting on it finds the next system there
 #   --reboot         a guest reboot restarts the guest in place (default: it
 #                    ends qemu); a kernel panic still ends qemu, with an
-#                    error, through the pvpanic device (the guest kernel needs
-#                    its pvpanic_pci module loaded)
+#                    error, through the pvpanic device (the guest kernel must
+#                    load pvpanic_pci: the images and the demo system do)
 #   --disk SIZE      add an empty virtio disk of SIZE (truncate's units: 2G)
 #   --disk-file FILE add FILE as a virtio disk (raw; used in place)
 #   --mem MIB        memory, default 1536
@@ -153,6 +153,36 @@ vm_boot_disk() {
 	*) fail "vm_boot_disk: firmware is uefi or bios, not $firmware" ;;
 	esac
 	vm_start "$name" "--$firmware" --disk-file "$file" ${port:+--port "$port"} "$@"
+}
+
+# vm_image_disk FILE SIZE IMAGE: makes FILE a GPT disk of SIZE whose first
+# partition, a 128 MiB ESP, boots IMAGE (installer or other) under OVMF
+# (vm_boot_disk NAME uefi FILE): systemd-boot at the removable-media path,
+# the image's kernel and its initrd with the test key, an entry with
+# GUEST_CMDLINE. The image runs from RAM, so the rest of the disk is free and
+# nothing on it is busy: a system booted from it may repartition the whole
+# disk (issue 13's "other Linux" that is installed over in place). The ESP is
+# built as a file with mtools (this host cannot mount vfat).
+vm_image_disk() {
+	local file=$1 size=$2 image=$3 start sectors stage
+	images_ensure
+	stage=$(mktemp -d "$VM_RUN_DIR/esp.XXXXXX")
+	truncate -s "$size" "$file"
+	sgdisk -n 1:1M:+128M -t 1:ef00 -c 1:ESP "$file" > /dev/null
+	read -r start sectors < <(partx -g -o START,SECTORS -n 1 "$file")
+	mkfs.vfat -F 32 -n ESP -C "$stage/esp" $((sectors / 2)) > /dev/null
+	mmd -i "$stage/esp" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries
+	mcopy -i "$stage/esp" /usr/lib/systemd/boot/efi/systemd-bootx64.efi ::/EFI/BOOT/BOOTX64.EFI
+	mcopy -i "$stage/esp" "$IMAGES_DIR/$image/bzImage" ::/vmlinuz
+	vm_initrd_with_key "$image" > "$stage/initrd"
+	mcopy -i "$stage/esp" "$stage/initrd" ::/initrd
+	printf 'timeout 0\ndefault %s.conf\n' "$image" > "$stage/loader.conf"
+	mcopy -i "$stage/esp" "$stage/loader.conf" ::/loader/loader.conf
+	printf 'title %s\nlinux /vmlinuz\ninitrd /initrd\noptions %s\n' "$image" "$GUEST_CMDLINE" \
+		> "$stage/entry.conf"
+	mcopy -i "$stage/esp" "$stage/entry.conf" "::/loader/entries/$image.conf"
+	dd if="$stage/esp" of="$file" bs=512 seek="$start" conv=notrunc status=none
+	rm -rf "$stage"
 }
 
 # vm_initrd_with_key IMAGE: prints IMAGE's initrd with a gzipped cpio
