@@ -30,13 +30,21 @@ fail() {
 #   --image IMAGE    boot IMAGE's kernel and initrd (installer or other),
 #                    with the test key for the image's login user
 #   --uefi           boot OVMF instead, which boots the first disk
+#   --bios           boot SeaBIOS instead, which boots the first disk's MBR
+#   --port PORT      forward this host port (127.0.0.1) to the guest's sshd,
+#                    e.g. the port of a guest that has stopped, so that a
+#                    tool waiting on it finds the next system there
+#   --reboot         a guest reboot restarts the guest in place (default: it
+#                    ends qemu); a kernel panic still ends qemu, with an
+#                    error, through the pvpanic device (the guest kernel must
+#                    load pvpanic_pci: the images and the demo system do)
 #   --disk SIZE      add an empty virtio disk of SIZE (truncate's units: 2G)
 #   --disk-file FILE add FILE as a virtio disk (raw; used in place)
 #   --mem MIB        memory, default 1536
 #   --smp N          CPUs, default 1
 # Disks appear in the guest in the order given: /dev/vda, /dev/vdb, ...
 vm_start() {
-	local name=$1 image='' uefi=false mem=1536 smp=1 disks=() disk
+	local name=$1 image='' firmware='' mem=1536 smp=1 disks=() disk fixed_port='' reboot=false
 	shift
 	local dir=$VM_RUN_DIR/vm-$name
 	[[ ! -e $dir ]] || fail "vm_start: a guest named $name exists already"
@@ -45,7 +53,12 @@ vm_start() {
 		disk=$dir/disk${#disks[@]}.raw
 		case $1 in
 		--image) image=$2 && shift ;;
-		--uefi) uefi=true ;;
+		--uefi | --bios)
+			[[ -z $firmware ]] || fail "vm_start: give one of --uefi and --bios"
+			firmware=${1#--}
+			;;
+		--port) fixed_port=$2 && shift ;;
+		--reboot) reboot=true ;;
 		--disk)
 			truncate -s "$2" "$disk"
 			disks+=("$disk") && shift
@@ -61,8 +74,9 @@ vm_start() {
 		esac
 		shift
 	done
-	[[ -n $image || $uefi == true ]] || fail "vm_start: give --image or --uefi"
-	[[ -z $image || $uefi == false ]] || fail "vm_start: --image and --uefi exclude each other"
+	[[ -n $image || -n $firmware ]] || fail "vm_start: give --image, --uefi or --bios"
+	[[ -z $image || -z $firmware ]] || fail "vm_start: --image and --$firmware exclude each other"
+	[[ -z $fixed_port || $fixed_port =~ ^[0-9]+$ ]] || fail "vm_start: --port wants a number, not $fixed_port"
 
 	vm_accel
 	local args=(-nodefaults -machine q35)
@@ -77,15 +91,24 @@ vm_start() {
 		args+=(-accel kvm -cpu host)
 	fi
 	args+=(
-		-m "$mem" -smp "$smp" -display none -no-reboot
+		-m "$mem" -smp "$smp" -display none
 		-serial "file:$dir/serial.log"
 		-device virtio-rng-pci
 		-device virtio-net-pci,netdev=net0
 	)
+	if [[ $reboot == true ]]; then
+		args+=(-action panic=exit-failure -device pvpanic-pci)
+	else
+		args+=(-no-reboot)
+	fi
 	for disk in "${disks[@]}"; do
 		args+=(-drive "file=$disk,format=raw,if=virtio,cache=unsafe")
 	done
-	if [[ $uefi == true ]]; then
+	if [[ $firmware == bios ]]; then
+		# SeaBIOS is qemu's default firmware: with no -kernel it boots the
+		# first disk.
+		:
+	elif [[ $firmware == uefi ]]; then
 		cp /usr/share/OVMF/OVMF_VARS_4M.fd "$dir/ovmf-vars.fd"
 		args+=(
 			-drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd
@@ -103,7 +126,7 @@ vm_start() {
 	# port leads in. Another process may take the port first: then retry.
 	local try port
 	for try in 1 2 3 4 5; do
-		port=$((20000 + RANDOM % 40000))
+		port=${fixed_port:-$((20000 + RANDOM % 40000))}
 		if qemu-system-x86_64 "${args[@]}" \
 			-netdev "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:$port-:22" \
 			-daemonize -pidfile "$dir/pid" 2> "$dir/qemu.log"; then
@@ -111,10 +134,55 @@ vm_start() {
 			: > "$dir/known_hosts"
 			return 0
 		fi
-		grep -q 'host forwarding' "$dir/qemu.log" || break
+		grep -q 'host forwarding' "$dir/qemu.log" && [[ -z $fixed_port ]] || break
 	done
 	cat "$dir/qemu.log" >&2
 	fail "vm_start: qemu did not start"
+}
+
+# vm_boot_disk NAME uefi|bios FILE [PORT] [OPTION...]: starts a guest that
+# boots the disk FILE (used in place) through OVMF or SeaBIOS, on the
+# forwarded PORT if given (e.g. "$(vm_port inst)" to take the port of an
+# installer that has powered off); further options go to vm_start.
+vm_boot_disk() {
+	local name=$1 firmware=$2 file=$3 port=${4:-}
+	shift 3
+	if (($#)); then shift; fi
+	case $firmware in
+	uefi | bios) ;;
+	*) fail "vm_boot_disk: firmware is uefi or bios, not $firmware" ;;
+	esac
+	vm_start "$name" "--$firmware" --disk-file "$file" ${port:+--port "$port"} "$@"
+}
+
+# vm_image_disk FILE SIZE IMAGE: makes FILE a GPT disk of SIZE whose first
+# partition, a 128 MiB ESP, boots IMAGE (installer or other) under OVMF
+# (vm_boot_disk NAME uefi FILE): systemd-boot at the removable-media path,
+# the image's kernel and its initrd with the test key, an entry with
+# GUEST_CMDLINE. The image runs from RAM, so the rest of the disk is free and
+# nothing on it is busy: a system booted from it may repartition the whole
+# disk (issue 13's "other Linux" that is installed over in place). The ESP is
+# built as a file with mtools (this host cannot mount vfat).
+vm_image_disk() {
+	local file=$1 size=$2 image=$3 start sectors stage
+	images_ensure
+	stage=$(mktemp -d "$VM_RUN_DIR/esp.XXXXXX")
+	truncate -s "$size" "$file"
+	sgdisk -n 1:1M:+128M -t 1:ef00 -c 1:ESP "$file" > /dev/null
+	read -r start sectors < <(partx -g -o START,SECTORS -n 1 "$file")
+	mkfs.vfat -F 32 -n ESP -C "$stage/esp" $((sectors / 2)) > /dev/null
+	mmd -i "$stage/esp" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries
+	mcopy -i "$stage/esp" /usr/lib/systemd/boot/efi/systemd-bootx64.efi ::/EFI/BOOT/BOOTX64.EFI
+	mcopy -i "$stage/esp" "$IMAGES_DIR/$image/bzImage" ::/vmlinuz
+	vm_initrd_with_key "$image" > "$stage/initrd"
+	mcopy -i "$stage/esp" "$stage/initrd" ::/initrd
+	printf 'timeout 0\ndefault %s.conf\n' "$image" > "$stage/loader.conf"
+	mcopy -i "$stage/esp" "$stage/loader.conf" ::/loader/loader.conf
+	printf 'title %s\nlinux /vmlinuz\ninitrd /initrd\noptions %s\n' "$image" "$GUEST_CMDLINE" \
+		> "$stage/entry.conf"
+	mcopy -i "$stage/esp" "$stage/entry.conf" "::/loader/entries/$image.conf"
+	dd if="$stage/esp" of="$file" bs=512 seek="$start" conv=notrunc status=none
+	rm -rf "$stage"
 }
 
 # vm_initrd_with_key IMAGE: prints IMAGE's initrd with a gzipped cpio

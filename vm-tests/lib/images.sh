@@ -19,7 +19,8 @@ GUEST_CMDLINE="console=ttyS0,115200 loglevel=4 panic=-1"
 # makes every module in an image loadable on demand too: mount -t vfat has
 # the kernel run modprobe for nls_cp437, mount -t efivarfs for efivarfs
 # (which fails to load without UEFI, hence not at boot).
-BASE_MODULES=(virtio_pci virtio_blk virtio_net virtio_rng)
+# pvpanic_pci: through it a panic ends a guest started with vm_start --reboot.
+BASE_MODULES=(virtio_pci virtio_blk virtio_net virtio_rng pvpanic_pci)
 INSTALLER_MODULES=(
 	ext4 xfs btrfs vfat nls_cp437 nls_ascii nls_utf8 nls_iso8859_1
 	loop dm_mod dm_crypt xts aesni_intel algif_skcipher algif_hash
