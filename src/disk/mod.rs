@@ -6,6 +6,8 @@ pub mod facts;
 pub mod layout;
 pub mod names;
 pub mod order;
+pub mod plan;
+pub mod run;
 pub mod size;
 pub mod table;
 pub mod validate;
