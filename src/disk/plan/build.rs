@@ -154,11 +154,11 @@ impl<'a> Planner<'a> {
                         .find(|v| &v.attr == attr)
                         .expect("listed");
                     self.hook(&fs.path, "preCreateHook", &fs.hooks.pre_create);
-                    let mut args = self.bcachefs_args.remove(&fs.name).unwrap_or_default();
-                    args.extend(words(&fs.extra_format_args));
+                    let member_args = self.bcachefs_args.remove(&fs.name).unwrap_or_default();
                     self.steps.push(DiskStep::BcachefsFormat {
                         uuid: fs.uuid.clone(),
-                        args,
+                        member_args,
+                        extra_args: words(&fs.extra_format_args),
                         password_file: fs.password_file.clone(),
                     });
                     self.hook(&fs.path, "postCreateHook", &fs.hooks.post_create);
@@ -639,12 +639,13 @@ impl<'a> Planner<'a> {
             }
             for sv in &b.subvolumes {
                 if let Some(mp) = &sv.mountpoint {
-                    out.push(self.mount_step(
-                        dev.clone(),
-                        mp,
-                        "bcachefs",
-                        sv.mount_options.clone(),
-                    ));
+                    // disko always mounts a subvolume through its subdirectory.
+                    let subdir = format!("X-mount.subdir={}", sv.name.trim_start_matches('/'));
+                    let mut opts = sv.mount_options.clone();
+                    if !opts.contains(&subdir) {
+                        opts.push(subdir);
+                    }
+                    out.push(self.mount_step(dev.clone(), mp, "bcachefs", opts));
                 }
             }
         }
@@ -736,6 +737,12 @@ fn hook_step(node: &str, hook: &str, script: &str) -> DiskStep {
 }
 
 fn luks_key(l: &Luks) -> Key {
+    let from_settings = l.settings.contains_key("keyFile");
+    if !from_settings && !l.ask_password && l.password_file.is_some() {
+        return Key::PasswordFile {
+            path: l.password_file.clone().expect("checked"),
+        };
+    }
     match validate::luks_key_file(l) {
         None => Key::Ask,
         Some(path) => {
@@ -745,7 +752,6 @@ fn luks_key(l: &Luks) -> Key {
                     other => other.to_string(),
                 })
             };
-            let from_settings = l.settings.contains_key("keyFile");
             Key::File {
                 path,
                 size: if from_settings {

@@ -125,6 +125,13 @@ impl DiskEnv {
     fn with_key(&self, cmd: Cmd, key: &Key, name: &str) -> Result<Cmd, ExecError> {
         match key {
             Key::File { .. } => Ok(cmd),
+            Key::PasswordFile { path } => {
+                let mut secret = std::fs::read(path).map_err(io(path))?;
+                while secret.last() == Some(&b'\n') {
+                    secret.pop();
+                }
+                Ok(cmd.stdin(secret))
+            }
             Key::Ask => match self.passphrases.get(name) {
                 Some(p) => Ok(cmd.stdin(p.clone())),
                 None => Err(ExecError::NoPassphrase {
@@ -312,7 +319,7 @@ impl Step for DiskStep {
                 let mut cmd = env.argv(self)?;
                 if let Some(f) = password_file {
                     let secret = std::fs::read(f).map_err(io(f))?;
-                    cmd = cmd.arg("--encrypted").stdin(secret);
+                    cmd = cmd.stdin(secret);
                 }
                 cmd.run()?;
                 Ok(())

@@ -17,6 +17,9 @@ pub enum Key {
         size: Option<String>,
         offset: Option<String>,
     },
+    /// `passwordFile`: the file's content without its trailing newlines (disko feeds
+    /// `echo -n "$(cat FILE)"`), on standard input.
+    PasswordFile { path: String },
     /// `askPassword`: the operator's passphrase for this LUKS name.
     Ask,
 }
@@ -35,7 +38,7 @@ impl Key {
                 }
                 a
             }
-            Key::Ask => vec!["--key-file".to_owned(), "-".to_owned()],
+            Key::PasswordFile { .. } | Key::Ask => vec!["--key-file".to_owned(), "-".to_owned()],
         }
     }
 }
@@ -167,9 +170,11 @@ pub enum DiskStep {
     ZfsLoadKey {
         name: String,
     },
+    /// `bcachefs format <members' lines> --uuid=U <extraFormatArgs> [--encrypted < passwordFile]`.
     BcachefsFormat {
         uuid: String,
-        args: Vec<String>,
+        member_args: Vec<String>,
+        extra_args: Vec<String>,
         password_file: Option<String>,
     },
     /// Creates `target` (disko's `X-mount.mkdir`, done natively), then mounts.
@@ -317,10 +322,19 @@ impl DiskStep {
                 v
             }
             DiskStep::ZfsLoadKey { name } => vec![s("zfs"), s("load-key"), name.clone()],
-            DiskStep::BcachefsFormat { args, uuid, .. } => {
+            DiskStep::BcachefsFormat {
+                uuid,
+                member_args,
+                extra_args,
+                password_file,
+            } => {
                 let mut v = vec![s("bcachefs"), s("format")];
-                v.extend(args.iter().cloned());
+                v.extend(member_args.iter().cloned());
                 v.push(format!("--uuid={uuid}"));
+                v.extend(extra_args.iter().cloned());
+                if password_file.is_some() {
+                    v.push(s("--encrypted"));
+                }
                 v
             }
             DiskStep::Mount {

@@ -101,6 +101,7 @@ pub fn parted_commands(spec: &LegacySpec) -> Vec<Vec<String>> {
         }
         .to_owned(),
     ]];
+    // Per partition: mkpart, then its flags (disko sets them before the next mkpart).
     for p in &spec.partitions {
         let mut cmd = vec!["mkpart".to_owned()];
         match spec.format {
@@ -117,8 +118,6 @@ pub fn parted_commands(spec: &LegacySpec) -> Vec<Vec<String>> {
         cmd.extend(p.fs_type.clone());
         cmd.extend([p.start.clone(), p.end.clone()]);
         out.push(cmd);
-    }
-    for p in &spec.partitions {
         if p.bootable {
             out.push(vec![
                 "set".into(),
