@@ -143,9 +143,6 @@ pub fn validate(layout: &Layout, cx: &Context) -> Result<(), LayoutError> {
                 ),
             );
         }
-        if let (Some(f), Some(c)) = (facts, &d.content) {
-            check_fit(c, f)?;
-        }
     }
     let mut labels: BTreeMap<String, String> = BTreeMap::new();
     let mut luks_names: BTreeMap<String, String> = BTreeMap::new();
@@ -379,6 +376,12 @@ pub fn validate(layout: &Layout, cx: &Context) -> Result<(), LayoutError> {
     }
     check_mounts(layout)?;
     device_order(layout)?;
+    // Sizes against the real devices last, once their syntax is known to be good.
+    for d in &layout.disk {
+        if let (Some(f), Some(c)) = (cx.facts.get(&d.device), &d.content) {
+            check_fit(c, f)?;
+        }
+    }
     Ok(())
 }
 

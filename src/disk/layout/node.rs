@@ -9,7 +9,10 @@ use serde_json::{Map, Value};
 pub enum LayoutError {
     #[error("the layout is not valid JSON: {0}")]
     Json(String),
-    #[error("{path}: unknown field `{field}` (a typo, or an option this tool does not know)")]
+    #[error(
+        "{}: unknown field `{field}` (a typo, or an option this tool does not know)",
+        join(path, field)
+    )]
     UnknownField { path: String, field: String },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
@@ -27,9 +30,17 @@ impl LayoutError {
     pub fn path(&self) -> String {
         match self {
             Self::Json(_) => String::new(),
-            Self::UnknownField { path, field } => format!("{path}.{field}"),
+            Self::UnknownField { path, field } => join(path, field),
             Self::Invalid { path, .. } => path.clone(),
         }
+    }
+}
+
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{path}.{field}")
     }
 }
 
