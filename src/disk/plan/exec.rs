@@ -420,8 +420,9 @@ fn table_present(node: &str, spec: &TableSpec) -> Result<Probe, ExecError> {
 fn wipe(device: &str) -> Result<(), ExecError> {
     let node = std::fs::canonicalize(device).map_err(io(device))?;
     let node = node.to_string_lossy().into_owned();
-    for part in release::partitions(&node)? {
-        Cmd::new("wipefs").args(["--all", "-f"]).arg(&part).run()?;
+    let parts = release::partitions(&node)?;
+    for part in &parts {
+        Cmd::new("wipefs").args(["--all", "-f"]).arg(part).run()?;
     }
     Cmd::new("wipefs").args(["--all", "-f"]).arg(&node).run()?;
     // Zero the MBR boot code, as disko's disk-deactivate does.
@@ -435,7 +436,18 @@ fn wipe(device: &str) -> Result<(), ExecError> {
         f.sync_all().map_err(io(&node))?;
     }
     // Tell the kernel the partitions are gone (BLKPG, works where it has no partition parser).
-    let _ = Cmd::new("partx").arg("-d").arg(&node).run();
+    // A partition the kernel released a moment ago can still be busy: retry for a while, then
+    // leave the rest to the table write, which updates the kernel's view (partx -u) anyway.
+    if !parts.is_empty() {
+        let started = Instant::now();
+        while let Err(e) = Cmd::new("partx").arg("-d").arg(&node).run() {
+            if started.elapsed() > Duration::from_secs(3) {
+                tracing::warn!("{e}; the table write will update the kernel's partitions");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     Ok(())
 }
 
