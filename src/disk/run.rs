@@ -43,7 +43,13 @@ pub enum DiskError {
     #[error(transparent)]
     Facts(#[from] FactsError),
     #[error("disk step failed: {0}")]
-    Step(#[from] StepError<ExecError>),
+    Step(Box<StepError<ExecError>>),
+}
+
+impl From<StepError<ExecError>> for DiskError {
+    fn from(e: StepError<ExecError>) -> Self {
+        Self::Step(Box::new(e))
+    }
 }
 
 /// Parses, validates and plans, touching nothing. Devices are looked up on this machine; in a

@@ -272,7 +272,7 @@ pub fn validate(layout: &Layout, cx: &Context) -> Result<(), LayoutError> {
         }
     }
     for vg in &layout.lvm_vg {
-        if members.get(&("lvm_vg", vg.name.clone())).is_none() {
+        if !members.contains_key(&("lvm_vg", vg.name.clone())) {
             return bad(
                 &vg.path,
                 format!("volume group `{}` has no lvm_pv member", vg.name),
@@ -332,7 +332,7 @@ pub fn validate(layout: &Layout, cx: &Context) -> Result<(), LayoutError> {
         }
     }
     for md in &layout.mdadm {
-        if members.get(&("mdadm", md.name.clone())).is_none() {
+        if !members.contains_key(&("mdadm", md.name.clone())) {
             return bad(
                 &md.path,
                 format!("array `{}` has no mdraid member", md.name),
@@ -349,7 +349,7 @@ pub fn validate(layout: &Layout, cx: &Context) -> Result<(), LayoutError> {
         }
     }
     for pool in &layout.zpool {
-        if members.get(&("zpool", pool.name.clone())).is_none() {
+        if !members.contains_key(&("zpool", pool.name.clone())) {
             return bad(
                 &pool.path,
                 format!("pool `{}` has no zfs member", pool.name),
@@ -367,7 +367,7 @@ pub fn validate(layout: &Layout, cx: &Context) -> Result<(), LayoutError> {
         }
     }
     for fs in &layout.bcachefs_filesystems {
-        if members.get(&("bcachefs", fs.name.clone())).is_none() {
+        if !members.contains_key(&("bcachefs", fs.name.clone())) {
             return bad(
                 &fs.path,
                 format!("bcachefs file system `{}` has no bcachefs member", fs.name),

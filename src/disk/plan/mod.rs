@@ -3,6 +3,7 @@
 
 mod build;
 mod exec;
+mod mounts;
 mod release;
 pub mod step;
 pub mod table_tools;
