@@ -175,3 +175,22 @@ fn first_difference(a: &Value, b: &Value, at: String) -> Option<String> {
         _ => Some(format!("{at}: {a} != {b}")),
     }
 }
+
+/// `--disk NAME DEVICE` replaces a disk's device everywhere it is derived (the table's device,
+/// legacy partition paths), but not the by-partlabel names; an unknown NAME is an error.
+#[test]
+fn disk_override_reaches_derived_devices() {
+    let json = std::fs::read_to_string(dir().join("legacy-table.json")).unwrap();
+    let over = [("main".to_owned(), "/dev/vdx".to_owned())];
+    let l = layout::parse(&json, &over).unwrap();
+    assert_eq!(l.disk[0].device, "/dev/vdx");
+    let c = l.disk[0].content.as_ref().unwrap();
+    assert_eq!(c.dev.path, "/dev/vdx");
+    let ContentKind::Table(t) = &c.kind else {
+        panic!("legacy-table has a table")
+    };
+    assert_eq!(t.partitions[1].dev.path, "/dev/vdx2");
+    let err = layout::parse(&json, &[("nope".into(), "/dev/vdx".into())]).unwrap_err();
+    assert_eq!(err.path(), "disk.nope");
+    assert!(err.to_string().contains("it has: main"), "{err}");
+}

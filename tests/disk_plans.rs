@@ -461,3 +461,48 @@ fn collect_strings(v: &Value, out: &mut BTreeSet<String>) {
         _ => {}
     }
 }
+
+/// Unmount in disko's order: file systems and swap in reverse key order, then devices in reverse
+/// device order (LUKS closed, VGs deactivated, pools exported, arrays stopped).
+#[test]
+fn unmount_matches_disko_unmount_scripts_in_order() {
+    let mut failures = Vec::new();
+    for name in names() {
+        let Ok(script) = std::fs::read_to_string(dir().join(format!("{name}.unmount.sh"))) else {
+            continue;
+        };
+        let theirs: Vec<String> = logical_lines(&script)
+            .iter()
+            .filter_map(|l| {
+                let w = words(l);
+                let first = w.first()?.as_str();
+                let norm = match (first, w.get(1).map(String::as_str)) {
+                    ("umount", Some(t)) => format!("umount {}", t.trim_end_matches('/')),
+                    ("swapoff", Some(d)) => format!("swapoff {d}"),
+                    ("cryptsetup", Some("close")) => format!("cryptsetup close {}", w[2]),
+                    ("vgchange", Some("-a")) => "vgchange -a n".to_owned(),
+                    ("zpool", Some("export")) => format!("zpool export {}", w[2]),
+                    ("mdadm", Some("--stop")) => format!("mdadm --stop {}", w[2]),
+                    _ => return None,
+                };
+                Some(norm)
+            })
+            .collect();
+        let p = plan_of(&name, Mode::Unmount);
+        let ours: Vec<String> = p
+            .steps
+            .iter()
+            .filter_map(|s| {
+                let a = s.argv(&|d| d.path.clone())?;
+                Some(match a[0].as_str() {
+                    "vgchange" => "vgchange -a n".to_owned(),
+                    _ => a.join(" "),
+                })
+            })
+            .collect();
+        if ours != theirs {
+            failures.push(format!("{name}:\n  ours:  {ours:?}\n  disko: {theirs:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

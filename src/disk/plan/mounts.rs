@@ -18,21 +18,11 @@ impl Planner<'_> {
     // ---- mount ----
 
     pub fn mount(&mut self, order: &[DeviceId]) -> Result<(), LayoutError> {
-        // 1. The devices' own snippets, in device order: LUKS open, VG activation, pool import.
+        // 1. The devices' own snippets, in device order: VG activation or pool import, then the
+        //    LUKS devices on it opened.
         let layout = self.layout;
         let by_top: Vec<(DeviceId, &Content)> = validate::contents(layout);
         for id in order {
-            for (_, c) in by_top.iter().filter(|(top, _)| top == id) {
-                if let ContentKind::Luks(l) = &c.kind {
-                    self.steps.push(DiskStep::LuksOpen {
-                        device: c.dev.clone(),
-                        name: l.name.clone(),
-                        args: luks_open_args(l),
-                        key: luks_key(l),
-                        persistent: false,
-                    });
-                }
-            }
             match id.0.as_str() {
                 "lvm_vg" => {
                     let vg = layout
@@ -63,6 +53,17 @@ impl Planner<'_> {
                     }
                 }
                 _ => {}
+            }
+            for (_, c) in by_top.iter().filter(|(top, _)| top == id) {
+                if let ContentKind::Luks(l) = &c.kind {
+                    self.steps.push(DiskStep::LuksOpen {
+                        device: c.dev.clone(),
+                        name: l.name.clone(),
+                        args: luks_open_args(l),
+                        key: luks_key(l),
+                        persistent: false,
+                    });
+                }
             }
         }
         // 2. The file systems, in NixOS's mount order.
@@ -243,8 +244,16 @@ impl Planner<'_> {
         }
         keyed.sort_by(|a, b| b.0.as_bytes().cmp(a.0.as_bytes()));
         self.steps.extend(keyed.into_iter().map(|(_, s)| s));
-        // Then the devices, in reverse device order, each one's LUKS closed innermost first.
+        // Then the devices, in reverse device order: what sits on a device (LUKS, innermost first)
+        // is closed before the device itself is stopped.
         for id in order.iter().rev() {
+            for (_, c) in contents.iter().rev().filter(|(top, _)| top == id) {
+                if let ContentKind::Luks(l) = &c.kind {
+                    self.steps.push(DiskStep::LuksClose {
+                        name: l.name.clone(),
+                    });
+                }
+            }
             match id.0.as_str() {
                 "lvm_vg" => {
                     let vg = self
@@ -280,13 +289,6 @@ impl Planner<'_> {
                     });
                 }
                 _ => {}
-            }
-            for (_, c) in contents.iter().rev().filter(|(top, _)| top == id) {
-                if let ContentKind::Luks(l) = &c.kind {
-                    self.steps.push(DiskStep::LuksClose {
-                        name: l.name.clone(),
-                    });
-                }
             }
         }
     }
