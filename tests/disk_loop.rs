@@ -251,6 +251,14 @@ fn gpt_partitions_then_destroy_while_mounted() {
     assert_eq!(fstype(&format!("{}p3", disk.dev)), "xfs");
     assert_eq!(mounted_at(&root.path().join("boot")).unwrap().1, "ext4");
     std::fs::write(root.path().join("old"), "x").unwrap();
+    // format,mount again adds nothing and wipes nothing (nixos-anywhere #622): every step is
+    // found done, the table included.
+    let again = go(&layout, Mode::FormatMount, &root).unwrap();
+    assert!(
+        again.iter().all(|r| r.outcome == Outcome::Skipped),
+        "{again:?}"
+    );
+    assert!(root.path().join("old").exists());
     // destroy,format,mount with everything still mounted: released, wiped, made anew.
     go(&layout, Mode::DestroyFormatMount, &root).unwrap();
     assert!(
@@ -330,4 +338,39 @@ fn destroy_stops_before_wiping_when_a_holder_stays() {
     assert!(text.contains("umount"), "{text}");
     assert_eq!(fstype(&disk.dev), "ext4", "nothing was wiped");
     assert!(root.path().join("still-here").exists());
+}
+
+/// A dry run shows which physical disk each layout disk is (size, sector size) and what will be
+/// wiped, and touches nothing.
+#[test]
+fn dry_run_names_the_physical_disk_and_touches_nothing() {
+    let disk = Loop::new(96);
+    let root = Root::new();
+    let before = disk.sha256();
+    let layout = whole_disk(
+        &disk.dev,
+        json!({"type": "filesystem", "format": "ext4", "mountpoint": "/"}),
+    );
+    let opts = RunOptions {
+        mode: Mode::DestroyFormatMount,
+        root_mountpoint: root.s(),
+        dry_run: true,
+        ..RunOptions::default()
+    };
+    let (plan, records) = run::run(&layout.to_string(), &opts, Default::default(), |_| {}).unwrap();
+    assert!(records.is_empty());
+    let shown = plan.to_string();
+    let line = format!(
+        "disk main: {}: 0.1 GiB ({} bytes, 512-byte sectors)",
+        disk.dev,
+        96u64 << 20
+    );
+    assert!(
+        shown.contains(&line) && shown.contains("[WILL BE WIPED]"),
+        "{shown}"
+    );
+    let as_json = serde_json::to_value(&plan).unwrap();
+    assert_eq!(as_json["disks"][0]["facts"]["size_bytes"], 96u64 << 20);
+    assert_eq!(as_json["steps"][0]["step"], "unmount_root");
+    assert_eq!(disk.sha256(), before);
 }
