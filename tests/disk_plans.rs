@@ -506,3 +506,68 @@ fn unmount_matches_disko_unmount_scripts_in_order() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The members each VG, array and pool receives (disko's hand-off files) are the ones the plan
+/// passes, in the same order; for plain zpools, also the vdev mode.
+#[test]
+fn members_reach_their_parents_in_disko_order() {
+    let mut checked = 0;
+    for name in names() {
+        let script = read(&name, "create.sh");
+        let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut modes: Vec<String> = Vec::new();
+        for line in logical_lines(&script) {
+            if let Some(rest) = line.strip_prefix("echo \"")
+                && let Some((dev, file)) = rest.split_once("\" >>\"$disko_devices_dir\"/")
+            {
+                members
+                    .entry(file.to_owned())
+                    .or_default()
+                    .push(dev.to_owned());
+            }
+            if let Some(m) = line.strip_prefix("mode=\"")
+                && !m.starts_with('$')
+            {
+                modes.push(m.trim_end_matches('"').to_owned());
+            }
+        }
+        let p = plan_of(&name, Mode::Format);
+        let mut pools = 0;
+        for s in &p.steps {
+            let (file, ours): (String, Vec<String>) = match s {
+                DiskStep::VgCreate { name, pvs } => (
+                    format!("lvm_{name}"),
+                    pvs.iter().map(|d| d.path.clone()).collect(),
+                ),
+                DiskStep::MdCreate { name, devices, .. } => (
+                    format!("raid_{name}"),
+                    devices.iter().map(|d| d.path.clone()).collect(),
+                ),
+                DiskStep::ZpoolCreate { name, args } => {
+                    let mode = modes.get(pools).cloned().unwrap_or_default();
+                    pools += 1;
+                    if mode == "prescribed" {
+                        continue;
+                    }
+                    let theirs = members
+                        .get(&format!("zfs_{name}"))
+                        .cloned()
+                        .unwrap_or_default();
+                    let mut want = Vec::new();
+                    if !mode.is_empty() {
+                        want.push(mode.clone());
+                    }
+                    want.extend(theirs);
+                    let tail = args[args.len() - want.len()..].to_vec();
+                    assert_eq!(tail, want, "{name}: zpool {name}");
+                    checked += 1;
+                    continue;
+                }
+                _ => continue,
+            };
+            assert_eq!(Some(&ours), members.get(&file), "{name}: {file}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} parents compared");
+}
