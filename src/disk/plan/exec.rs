@@ -283,6 +283,18 @@ impl Step for DiskStep {
                         partition_of: Some((node.clone(), n)),
                     })?;
                 }
+                // Where udev runs, hooks and the installed system use its by-partlabel links:
+                // wait for them too (never needed for our own formatting, which uses the node).
+                if let TableSpec::Gpt(g) = spec
+                    && Path::new("/run/udev/control").exists()
+                {
+                    for p in &g.partitions {
+                        env.wait_for(&format!(
+                            "/dev/disk/by-partlabel/{}",
+                            names::udev_escape(&p.label)
+                        ))?;
+                    }
+                }
                 Ok(())
             }
             DiskStep::LuksFormat { key, name, .. } | DiskStep::LuksOpen { key, name, .. } => {
