@@ -285,10 +285,13 @@ impl Step for DiskStep {
                 }
                 // Where udev runs, hooks and the installed system use its by-partlabel links:
                 // wait for them too (never needed for our own formatting, which uses the node).
+                // md partitions get no such links (hence disko's md-name-any paths), and udev
+                // escapes non-ASCII differently from disko, so those are not waited for.
                 if let TableSpec::Gpt(g) = spec
                     && Path::new("/run/udev/control").exists()
+                    && !device.path.starts_with("/dev/md/")
                 {
-                    for p in &g.partitions {
+                    for p in g.partitions.iter().filter(|p| p.label.is_ascii()) {
                         env.wait_for(&format!(
                             "/dev/disk/by-partlabel/{}",
                             names::udev_escape(&p.label)
