@@ -2,4 +2,12 @@
 //! then executed on block devices (partition tables natively, file systems and device-mapper
 //! layers with the installer's own tools).
 
+pub mod facts;
+pub mod layout;
+pub mod names;
+pub mod order;
+pub mod plan;
+pub mod run;
+pub mod size;
 pub mod table;
+pub mod validate;
