@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::release;
 use super::step::{DiskStep, Key};
-use crate::command::{Cmd, CmdError};
+use crate::exec::{Cmd, CmdError};
 use crate::disk::layout::Dev;
 use crate::disk::names;
 use crate::disk::table::spec::{LegacyFormat, LegacyPartType, TableSpec};

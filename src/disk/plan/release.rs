@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 use super::exec::ExecError;
-use crate::command::Cmd;
+use crate::exec::Cmd;
 
 #[derive(Debug, Deserialize)]
 struct Lsblk {

@@ -4,7 +4,7 @@
 //! `disk::table` land; the plan's data does not change when they replace it.
 
 use super::exec::ExecError;
-use crate::command::Cmd;
+use crate::exec::Cmd;
 use crate::disk::table::spec::{GptSpec, LegacyFormat, LegacyPartType, LegacySpec, TableSpec};
 
 pub fn write(node: &str, spec: &TableSpec) -> Result<(), ExecError> {
