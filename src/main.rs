@@ -2,8 +2,9 @@ use std::io::{self, IsTerminal};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Parser;
+use nixos_anywhere_rs::cli::install::{Environment, InstallArgs};
 use nixos_anywhere_rs::cli::{Cli, Command};
 use nixos_anywhere_rs::ssh::Target;
 use nixos_anywhere_rs::{agent, run};
@@ -30,14 +31,31 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes, each cause only once: most of our messages already quote their
+/// cause, which anyhow's `{:#}` would print a second time.
+fn report(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 fn dispatch(cli: Cli) -> Result<()> {
-    match cli.command {
+    let Some(command) = cli.command else {
+        return install(cli.install);
+    };
+    match command {
         Command::Nar(command) => command.run()?,
         Command::Copy(args) => {
             let request = args.request()?;
@@ -48,6 +66,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 (run::copy::Outcome::Copied(summary), false) => eprintln!("{summary}"),
             }
         }
+        Command::Disko(args) => args.run()?,
         Command::Facts(args) => {
             let opts = args.ssh.options()?;
             let target = Target::parse_with(&args.destination, &opts)?;
@@ -58,6 +77,24 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Agent { give_up_after } => {
             agent::run_on_stdio(give_up_after.map(Duration::from_secs))?
         }
+    }
+    Ok(())
+}
+
+/// `nixos-anywhere-rs [options] <ssh-host>`: the request checked whole, then its run plan.
+fn install(args: InstallArgs) -> Result<()> {
+    let request = args.into_request(Environment::from_process())?;
+    let plan = run::install::RunPlan::new(&request);
+    if request.output.json {
+        println!("{}", serde_json::to_string(&plan)?);
+    } else {
+        eprint!("{plan}");
+    }
+    if !request.output.dry_run {
+        bail!(
+            "this build plans installs but does not run their phases yet (the disk layer runs on \
+             its own: `nixos-anywhere-rs disko`); nothing was changed. Use --dry-run to print the plan"
+        );
     }
     Ok(())
 }

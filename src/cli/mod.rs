@@ -2,6 +2,7 @@
 //! the rest of the tool plans and runs.
 
 pub mod copy;
+pub mod disko;
 pub mod nar;
 
 use std::path::PathBuf;
@@ -9,24 +10,30 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub use copy::CopyArgs;
+pub use disko::DiskoArgs;
 pub use nar::NarCommand;
 
 use crate::ssh::{SshError, SshOptions};
 
 pub mod install;
 
+/// `nixos-anywhere-rs [options] [<ssh-host>]` installs, with nixos-anywhere's flags; the
+/// subcommands are the tool's parts on their own.
 #[derive(Debug, Parser)]
 #[command(
     name = "nixos-anywhere-rs",
     version,
-    about = "Install NixOS anywhere over SSH, natively"
+    about = "Install NixOS anywhere over SSH, natively",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub install: install::InstallArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,6 +43,9 @@ pub enum Command {
     Nar(NarCommand),
     /// Copy store closures to a store root, like `nix copy`.
     Copy(CopyArgs),
+    /// Partition, format and mount disks from a disko layout (its evaluated `disko.devices`
+    /// JSON) on this machine, as disko does.
+    Disko(DiskoArgs),
     /// Show what the agent finds on a target (architecture, installer or not, memory, disks,
     /// network), as JSON: what every phase plans from.
     Facts(FactsArgs),

@@ -4,6 +4,7 @@
 
 pub mod copy;
 pub mod facts;
+pub mod install;
 
 use crate::remote::{self, Agent, RemoteError};
 use crate::ssh::{HostKeyPin, Session, SshOptions, Target};

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::release;
 use super::step::{DiskStep, Key};
-use crate::exec::{Cmd, CmdError};
 use crate::disk::layout::Dev;
 use crate::disk::names;
 use crate::disk::table::spec::{LegacyFormat, LegacyPartType, TableSpec};
+use crate::exec::{Cmd, CmdError};
 use crate::plan::{Probe, Step};
 
 /// What executing disk steps needs from its caller.

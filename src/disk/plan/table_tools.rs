@@ -4,8 +4,8 @@
 //! `disk::table` land; the plan's data does not change when they replace it.
 
 use super::exec::ExecError;
-use crate::exec::Cmd;
 use crate::disk::table::spec::{GptSpec, LegacyFormat, LegacyPartType, LegacySpec, TableSpec};
+use crate::exec::Cmd;
 
 pub fn write(node: &str, spec: &TableSpec) -> Result<(), ExecError> {
     match spec {
