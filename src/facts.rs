@@ -249,7 +249,6 @@ fn unescape_octal(field: &str) -> String {
 /// Whole disks under `class` (normally `/sys/class/block`), each with its partitions.
 fn disks(class: &Path, mounts: &Mounts) -> Result<Vec<Disk>, FactsError> {
     let by_id = by_id_names();
-    let mut disks = Vec::new();
     let entries = fs::read_dir(class).map_err(|source| FactsError {
         path: class.to_owned(),
         source,
@@ -259,64 +258,77 @@ fn disks(class: &Path, mounts: &Mounts) -> Result<Vec<Disk>, FactsError> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    for name in names {
-        let dir = class.join(&name);
-        // Partitions appear under their disk; device-mapper and md devices are holders.
-        if dir.join("partition").exists() {
+    Ok(names
+        .into_iter()
+        .filter(|name| !class.join(name).join("partition").exists())
+        .filter_map(|name| disk(&class.join(&name), name, mounts, &by_id))
+        .collect())
+}
+
+/// The block device at `device` (a kernel node such as `/dev/vda`, or a link to one): usually
+/// a whole disk, but a layout may name a partition as its disk too.
+pub fn disk_at(device: &Path) -> Result<Option<Disk>, FactsError> {
+    let real = fs::canonicalize(device).map_err(|source| FactsError {
+        path: device.to_owned(),
+        source,
+    })?;
+    let Some(name) = real.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(None);
+    };
+    let mounts = Mounts::read()?;
+    let dir = Path::new("/sys/class/block").join(&name);
+    Ok(disk(&dir, name, &mounts, &by_id_names()))
+}
+
+/// The block device whose sysfs directory is `dir`; `None` for an empty one (a loop device with
+/// no file behind it, a drive without a medium).
+fn disk(dir: &Path, name: String, mounts: &Mounts, by_id: &[(String, PathBuf)]) -> Option<Disk> {
+    let sectors = number(&dir.join("size")).filter(|s| *s > 0)?;
+    let device = PathBuf::from("/dev").join(&name);
+    let sector = number(&dir.join("queue/logical_block_size")).unwrap_or(512);
+    // Partitions made through BLKPG (no partition parser in the kernel) carry no name in
+    // sysfs: read the GPT's own entries then.
+    let mut gpt = None;
+    let mut partitions = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let part_dir = entry.path();
+        if !part_dir.join("partition").exists() {
             continue;
         }
-        let sectors = number(&dir.join("size")).unwrap_or(0);
-        // Loop devices with no file behind them, and empty drives, hold nothing to install to.
-        if sectors == 0 {
-            continue;
-        }
-        let device = PathBuf::from("/dev").join(&name);
-        let sector = number(&dir.join("queue/logical_block_size")).unwrap_or(512);
-        // Partitions made through BLKPG (no partition parser in the kernel) carry no name in
-        // sysfs: read the GPT's own entries then.
-        let mut gpt = None;
-        let mut partitions = Vec::new();
-        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let part_dir = entry.path();
-            if !part_dir.join("partition").exists() {
-                continue;
-            }
-            let part = entry.file_name().to_string_lossy().into_owned();
-            partitions.push(Partition {
-                number: number(&part_dir.join("partition")).map(|n| n as u32),
-                size_bytes: number(&part_dir.join("size")).unwrap_or(0) * 512,
-                label: uevent(&part_dir, "PARTNAME").or_else(|| {
-                    let number = number(&part_dir.join("partition"))? as usize;
-                    let names = gpt.get_or_insert_with(|| gpt_names(&device, sector));
-                    names.get(number.checked_sub(1)?).cloned().flatten()
-                }),
-                holders: list(&part_dir.join("holders")),
-                mounts: mounts.of(&text(&part_dir.join("dev")).unwrap_or_default()),
-                name: part,
-            });
-        }
-        partitions.sort_by_key(|p| p.number);
-        disks.push(Disk {
-            by_id: by_id
-                .iter()
-                .filter(|(_, target)| *target == device)
-                .map(|(link, _)| link.clone())
-                .collect(),
-            size_bytes: sectors * 512,
-            logical_sector_size: number(&dir.join("queue/logical_block_size")).unwrap_or(512)
-                as u32,
-            model: text(&dir.join("device/model")),
-            serial: text(&dir.join("device/serial")).or_else(|| text(&dir.join("serial"))),
-            removable: number(&dir.join("removable")) == Some(1),
-            read_only: number(&dir.join("ro")) == Some(1),
-            holders: list(&dir.join("holders")),
-            mounts: mounts.of(&text(&dir.join("dev")).unwrap_or_default()),
-            partitions,
-            device,
-            name,
+        let part = entry.file_name().to_string_lossy().into_owned();
+        partitions.push(Partition {
+            number: number(&part_dir.join("partition")).map(|n| n as u32),
+            size_bytes: number(&part_dir.join("size")).unwrap_or(0) * 512,
+            label: uevent(&part_dir, "PARTNAME").or_else(|| {
+                let number = number(&part_dir.join("partition"))? as usize;
+                let names = gpt.get_or_insert_with(|| gpt_names(&device, sector));
+                names.get(number.checked_sub(1)?).cloned().flatten()
+            }),
+            holders: list(&part_dir.join("holders")),
+            mounts: mounts.of(&text(&part_dir.join("dev")).unwrap_or_default()),
+            name: part,
         });
     }
-    Ok(disks)
+    partitions.sort_by_key(|p| p.number);
+    Some(Disk {
+        by_id: by_id
+            .iter()
+            .filter(|(_, target)| *target == device)
+            .map(|(link, _)| link.clone())
+            .collect(),
+        // /sys/class/block/*/size counts 512-byte units whatever the sector size.
+        size_bytes: sectors * 512,
+        logical_sector_size: sector as u32,
+        model: text(&dir.join("device/model")),
+        serial: text(&dir.join("device/serial")).or_else(|| text(&dir.join("serial"))),
+        removable: number(&dir.join("removable")) == Some(1),
+        read_only: number(&dir.join("ro")) == Some(1),
+        holders: list(&dir.join("holders")),
+        mounts: mounts.of(&text(&dir.join("dev")).unwrap_or_default()),
+        partitions,
+        device,
+        name,
+    })
 }
 
 /// The partition names in the GPT on `device` (entry `i` at index `i`), read from the primary

@@ -31,54 +31,29 @@ pub enum FactsError {
     NotBlock { path: String, node: String },
 }
 
-/// Reads the facts of `path` from `/sys/class/block`.
+/// Reads the facts of `path` from `/sys/class/block` (through [`crate::facts`]).
 pub fn read(path: &str) -> Result<DeviceFacts, FactsError> {
-    let resolved = std::fs::canonicalize(path).map_err(|source| FactsError::Resolve {
+    let resolve = |source| FactsError::Resolve {
         path: path.to_owned(),
         source,
-    })?;
-    let node = resolved.to_string_lossy().into_owned();
-    let name = resolved
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let sys = Path::new("/sys/class/block").join(&name);
-    let read = |rel: &str| {
-        std::fs::read_to_string(sys.join(rel))
-            .ok()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
     };
-    let Some(sectors) = read("size").and_then(|s| s.parse::<u64>().ok()) else {
-        return Err(FactsError::NotBlock {
+    let node = std::fs::canonicalize(path).map_err(resolve)?;
+    let node = node.to_string_lossy().into_owned();
+    let disk = crate::facts::disk_at(Path::new(path))
+        .map_err(|e| resolve(std::io::Error::other(e.to_string())))?
+        .ok_or_else(|| FactsError::NotBlock {
             path: path.to_owned(),
-            node,
-        });
-    };
-    let logical_sector_size = read("queue/logical_block_size")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(512);
+            node: node.clone(),
+        })?;
     Ok(DeviceFacts {
         path: path.to_owned(),
-        by_id: by_id(&resolved),
+        by_id: disk.by_id.first().map(|n| format!("/dev/disk/by-id/{n}")),
         node,
-        // /sys/class/block/*/size counts 512-byte units whatever the sector size.
-        size_bytes: sectors * 512,
-        logical_sector_size,
-        model: read("device/model"),
-        serial: read("device/serial").or_else(|| read("serial")),
+        size_bytes: disk.size_bytes,
+        logical_sector_size: u64::from(disk.logical_sector_size),
+        model: disk.model,
+        serial: disk.serial,
     })
-}
-
-fn by_id(node: &Path) -> Option<String> {
-    let mut names: Vec<String> = std::fs::read_dir("/dev/disk/by-id")
-        .ok()?
-        .flatten()
-        .filter(|e| std::fs::canonicalize(e.path()).ok().as_deref() == Some(node))
-        .map(|e| e.path().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names.into_iter().next()
 }
 
 impl std::fmt::Display for DeviceFacts {
