@@ -72,6 +72,21 @@ impl Attempts<'_> {
                 Outcome::Rejected => {}
             }
         }
+        for path in &opts.config_identity_files {
+            if !path.exists() {
+                tracing::warn!(
+                    "skipping IdentityFile {}: no such file (named in the SSH configuration)",
+                    path.display()
+                );
+                continue;
+            }
+            let key = load_key_file(path)?;
+            match self.try_key(path.display().to_string(), key).await? {
+                Outcome::Accepted => return Ok(true),
+                Outcome::GiveUp => return Ok(false),
+                Outcome::Rejected => {}
+            }
+        }
         if let Some(text) = &opts.private_key {
             let key = decode_key(&text.0, "the key in SSH_PRIVATE_KEY")?;
             match self.try_key("SSH_PRIVATE_KEY".to_owned(), key).await? {
@@ -89,7 +104,10 @@ impl Attempts<'_> {
                 Outcome::Rejected => {}
             }
         }
-        if opts.identity_files.is_empty() && opts.private_key.is_none() {
+        if opts.identity_files.is_empty()
+            && opts.config_identity_files.is_empty()
+            && opts.private_key.is_none()
+        {
             for path in &opts.default_identity_files {
                 let Ok(text) = std::fs::read_to_string(path) else {
                     continue;

@@ -6,10 +6,13 @@
 //! passed as `Bytes` without copies on the way (see [`exec`]).
 
 mod auth;
+mod config;
 mod error;
 pub mod exec;
 mod hostkey;
 mod options;
+mod proxy;
+mod resolve;
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -26,10 +29,13 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+pub use config::ConfigReader;
 pub use error::SshError;
 pub use exec::{Exec, ExecExit, ExecStdin, ExecStdout, ExitInfo};
 pub use hostkey::{HostKeyPin, fingerprint};
 pub use options::{DEFAULT_PORT, DEFAULT_USER, KeyText, SshOptions, StrictHostKeyChecking, Target};
+pub use proxy::{JumpHost, Proxy};
+pub use resolve::Resolver;
 
 /// Ciphers in order of preference: AES-GCM is hardware-accelerated almost everywhere.
 const CIPHERS: &[cipher::Name] = &[
@@ -154,11 +160,15 @@ pub struct Session {
     handle: Handle<Client>,
     target: Target,
     state: Arc<SessionState>,
+    /// The jump host or proxy command the connection runs through (dropped after `handle`).
+    _via: proxy::Via,
 }
 
 impl Session {
-    /// Connects, checks the host key (against known_hosts as configured, then `pin`) and
-    /// authenticates. Resolves no name when `target.host` is an IP address.
+    /// Connects (through `opts.proxy`), checks the host key (against known_hosts as
+    /// configured, then `pin`) and authenticates. Resolves no name when `target.host` is an IP
+    /// address, nor behind a jump host (the last jump host resolves it, as with OpenSSH).
+    /// Each jump host's key is checked the same way, and pinned in `pin` under its name.
     pub async fn connect(
         target: &Target,
         opts: &SshOptions,
@@ -180,7 +190,7 @@ impl Session {
             pin: pin.clone(),
             state: state.clone(),
         };
-        let stream = tcp_connect(target, opts.connect_timeout).await?;
+        let (stream, via) = proxy::open(target, opts, pin).await?;
         let handshake = client::connect_stream(config, stream, handler);
         let mut handle = with_timeout(
             opts.connect_timeout,
@@ -203,7 +213,20 @@ impl Session {
             handle,
             target: target.clone(),
             state,
+            _via: via,
         })
+    }
+
+    /// A `direct-tcpip` channel from the server to `host:port` (the server resolves the name).
+    pub(crate) async fn open_direct_tcpip(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<russh::Channel<client::Msg>, String> {
+        self.handle
+            .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
+            .await
+            .map_err(|e| self.reason(e))
     }
 
     pub fn target(&self) -> &Target {
@@ -467,7 +490,10 @@ async fn with_timeout<F: Future>(
 }
 
 /// Opens the TCP connection, trying each address of the host in turn.
-async fn tcp_connect(target: &Target, limit: Option<Duration>) -> Result<TcpStream, SshError> {
+pub(crate) async fn tcp_connect(
+    target: &Target,
+    limit: Option<Duration>,
+) -> Result<TcpStream, SshError> {
     let dest = target.to_string();
     let addrs: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, target.port)],
