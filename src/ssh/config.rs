@@ -192,7 +192,9 @@ fn run_ssh_g(ssh: &Path, query: &Query<'_>, file: Option<&Path>) -> Result<Setti
     }
     cmd.arg("--").arg(query.host);
     let shown = format!("{} -G ... {}", ssh.display(), query.host);
+    // The password given in the environment is for us, not for what we run.
     let out = cmd
+        .env_remove("SSHPASS")
         .stdin(Stdio::null())
         .output()
         .map_err(|source| SshError::Io {

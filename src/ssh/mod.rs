@@ -11,6 +11,7 @@ mod error;
 pub mod exec;
 mod hostkey;
 mod options;
+mod password;
 mod proxy;
 mod resolve;
 
@@ -34,6 +35,7 @@ pub use error::SshError;
 pub use exec::{Exec, ExecExit, ExecStdin, ExecStdout, ExitInfo};
 pub use hostkey::{HostKeyPin, fingerprint};
 pub use options::{DEFAULT_PORT, DEFAULT_USER, KeyText, SshOptions, StrictHostKeyChecking, Target};
+pub use password::{Password, TemporaryKey};
 pub use proxy::{JumpHost, Proxy};
 pub use resolve::Resolver;
 
@@ -207,14 +209,20 @@ impl Session {
             e => e,
         })?;
         let auth = auth::authenticate(&mut handle, target, opts);
-        with_timeout(opts.connect_timeout, &dest, "authenticating to", auth).await??;
-        tracing::debug!(%dest, "authenticated");
-        Ok(Session {
+        // A password typed at a prompt takes as long as the person typing.
+        let limit = opts.connect_timeout.filter(|_| !opts.ask_password);
+        let method = with_timeout(limit, &dest, "authenticating to", auth).await??;
+        tracing::debug!(%dest, ?method, "authenticated");
+        let session = Session {
             handle,
             target: target.clone(),
             state,
             _via: via,
-        })
+        };
+        if method == auth::Method::Password && opts.identity_files.is_empty() {
+            opts.temporary_key.install(&session).await?;
+        }
+        Ok(session)
     }
 
     /// A `direct-tcpip` channel from the server to `host:port` (the server resolves the name).
@@ -495,9 +503,9 @@ pub(crate) async fn tcp_connect(
     limit: Option<Duration>,
 ) -> Result<TcpStream, SshError> {
     let dest = target.to_string();
-    let addrs: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, target.port)],
-        Err(_) => resolve(&target.host, target.port)
+    let addrs: Vec<SocketAddr> = match parse_ip(&target.host) {
+        Some(addr) => vec![addr(target.port)],
+        None => resolve(&target.host, target.port)
             .await
             .map_err(|source| SshError::Connect {
                 dest: dest.clone(),
@@ -525,6 +533,27 @@ pub(crate) async fn tcp_connect(
         dest,
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "the host has no address"),
     }))
+}
+
+/// An IP address, IPv6 with an optional zone (`fe80::1%eth0`, or the interface's index), as
+/// a function of the port; `None` for a host name.
+fn parse_ip(host: &str) -> Option<impl Fn(u16) -> SocketAddr> {
+    let (ip, scope) = match host.split_once('%') {
+        None => (host.parse::<IpAddr>().ok()?, 0),
+        Some((ip, zone)) => {
+            let ip = ip.parse::<std::net::Ipv6Addr>().ok()?;
+            let scope = zone.parse::<u32>().ok().or_else(|| {
+                let index = std::fs::read_to_string(format!("/sys/class/net/{zone}/ifindex"));
+                index.ok()?.trim().parse().ok()
+            });
+            // An unknown interface: no address, and the name lookup says so.
+            (IpAddr::V6(ip), scope?)
+        }
+    };
+    Some(move |port| match ip {
+        IpAddr::V6(v6) => SocketAddr::V6(std::net::SocketAddrV6::new(v6, port, 0, scope)),
+        v4 => SocketAddr::new(v4, port),
+    })
 }
 
 /// Resolves a host name on the operator's machine. The binary is static, and a static glibc

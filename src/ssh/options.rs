@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::SshError;
+use super::password::{Password, TemporaryKey};
 use super::proxy::{JumpHost, Proxy};
 
 /// Default port and user, as nixos-anywhere connects as root unless told otherwise.
@@ -188,6 +189,12 @@ pub struct SshOptions {
     pub keepalive_max: usize,
     /// How the connection reaches the host: directly, through jump hosts, or a command.
     pub proxy: Proxy,
+    /// The password for password and keyboard-interactive logins (`--env-password`).
+    pub password: Option<Password>,
+    /// Without `password`, ask for one on the terminal when no key is accepted.
+    pub ask_password: bool,
+    /// The key a password login adds to `authorized_keys` (without `-i`), tried first.
+    pub temporary_key: TemporaryKey,
 }
 
 impl Default for SshOptions {
@@ -207,6 +214,9 @@ impl Default for SshOptions {
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_max: 4,
             proxy: Proxy::Direct,
+            password: None,
+            ask_password: false,
+            temporary_key: TemporaryKey::default(),
         }
     }
 }

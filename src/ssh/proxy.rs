@@ -76,6 +76,8 @@ pub(crate) async fn open(
             let mut child = tokio::process::Command::new("/bin/sh")
                 .arg("-c")
                 .arg(format!("exec {command}"))
+                // The password given in the environment is for us, not for the proxy.
+                .env_remove("SSHPASS")
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
