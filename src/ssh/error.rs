@@ -84,6 +84,9 @@ pub enum SshError {
         server_methods: String,
     },
 
+    #[error("could not become root on {dest}: {reason}")]
+    Privilege { dest: String, reason: String },
+
     #[error("could not run `{command}` on {dest}: {reason}")]
     Channel {
         dest: String,

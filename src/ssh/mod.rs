@@ -12,6 +12,7 @@ pub mod exec;
 mod hostkey;
 mod options;
 mod password;
+mod privilege;
 mod proxy;
 mod resolve;
 
@@ -36,6 +37,7 @@ pub use exec::{Exec, ExecExit, ExecStdin, ExecStdout, ExitInfo};
 pub use hostkey::{HostKeyPin, fingerprint};
 pub use options::{DEFAULT_PORT, DEFAULT_USER, KeyText, SshOptions, StrictHostKeyChecking, Target};
 pub use password::{Password, TemporaryKey};
+pub use privilege::Become;
 pub use proxy::{JumpHost, Proxy};
 pub use resolve::Resolver;
 
@@ -162,6 +164,8 @@ pub struct Session {
     handle: Handle<Client>,
     target: Target,
     state: Arc<SessionState>,
+    /// How commands become root (sudo, doas), for a login that is not root.
+    elevation: privilege::Elevation,
     /// The jump host or proxy command the connection runs through (dropped after `handle`).
     _via: proxy::Via,
 }
@@ -213,15 +217,23 @@ impl Session {
         let limit = opts.connect_timeout.filter(|_| !opts.ask_password);
         let method = with_timeout(limit, &dest, "authenticating to", auth).await??;
         tracing::debug!(%dest, ?method, "authenticated");
-        let session = Session {
+        let mut session = Session {
             handle,
             target: target.clone(),
             state,
+            elevation: privilege::Elevation::Nothing,
             _via: via,
         };
         if method == auth::Method::Password && opts.identity_files.is_empty() {
             opts.temporary_key.install(&session).await?;
         }
+        session.elevation = privilege::Elevation::detect(
+            &session,
+            opts.become_root,
+            opts.password.as_ref(),
+            opts.ask_password,
+        )
+        .await?;
         Ok(session)
     }
 
@@ -250,8 +262,16 @@ impl Session {
             .clone()
     }
 
-    /// Runs `command` (through the user's login shell, as `ssh host command` does).
+    /// Runs `command` (through the user's login shell, as `ssh host command` does), as root
+    /// through sudo or doas when the login is not root (see [`Become`]).
     pub async fn exec(&self, command: &str) -> Result<Exec, SshError> {
+        let mut exec = self.exec_as_login(&self.elevation.wrap(command)).await?;
+        self.elevation.unlock(&mut exec, &self.state.dest).await?;
+        Ok(exec)
+    }
+
+    /// Runs `command` as the login user.
+    async fn exec_as_login(&self, command: &str) -> Result<Exec, SshError> {
         let fail = |reason: String| SshError::Channel {
             dest: self.state.dest.clone(),
             command: command.to_owned(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::SshError;
 use super::password::{Password, TemporaryKey};
+use super::privilege::Become;
 use super::proxy::{JumpHost, Proxy};
 
 /// Default port and user, as nixos-anywhere connects as root unless told otherwise.
@@ -195,6 +196,8 @@ pub struct SshOptions {
     pub ask_password: bool,
     /// The key a password login adds to `authorized_keys` (without `-i`), tried first.
     pub temporary_key: TemporaryKey,
+    /// Whether a login that is not root runs its commands through sudo or doas.
+    pub become_root: Become,
 }
 
 impl Default for SshOptions {
@@ -217,6 +220,7 @@ impl Default for SshOptions {
             password: None,
             ask_password: false,
             temporary_key: TemporaryKey::default(),
+            become_root: Become::Auto,
         }
     }
 }

@@ -6,6 +6,7 @@
 use std::fs;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +14,9 @@ use std::time::{Duration, Instant};
 use super::run;
 
 const SSHD: &str = "/usr/sbin/sshd";
+
+/// The user [`Sshd::start_with_sudo_user`] makes.
+pub const SUDO_USER: &str = "nar-sudo-test";
 
 pub struct Sshd {
     dir: tempfile::TempDir,
@@ -89,6 +93,16 @@ impl Sshd {
     /// `/etc/passwd` are copies with that password and a home in the test's directory
     /// ([`Sshd::home`]), so nothing of this machine's changes.
     pub fn start_with_password(extra: &str, password: &str) -> Sshd {
+        Self::start_sandboxed(extra, password, false)
+    }
+
+    /// Like [`Sshd::start_with_password`], and the user [`SUDO_USER`] (uid 4242) logs in with
+    /// the client key; `sudo` gives it root for `password` (`/etc/sudoers` is a copy too).
+    pub fn start_with_sudo_user(password: &str) -> Sshd {
+        Self::start_sandboxed("", password, true)
+    }
+
+    fn start_sandboxed(extra: &str, password: &str, sudo_user: bool) -> Sshd {
         Self::start_prepared(extra, "127.0.0.1", None, |sshd| {
             let d = sshd.dir().to_owned();
             let home = d.join("home");
@@ -119,12 +133,31 @@ impl Sshd {
                     .collect();
                 text
             };
-            fs::write(d.join("shadow"), edit("/etc/shadow", 1, hash.trim())).unwrap();
-            fs::write(
-                d.join("passwd"),
-                edit("/etc/passwd", 5, home.to_str().unwrap()),
-            )
-            .unwrap();
+            let mut shadow = edit("/etc/shadow", 1, hash.trim());
+            let mut passwd = edit("/etc/passwd", 5, home.to_str().unwrap());
+            let mut sudoers = "Defaults env_reset\nroot ALL=(ALL:ALL) ALL\n".to_owned();
+            if sudo_user {
+                let user_home = d.join("home-user");
+                fs::create_dir_all(&user_home).unwrap();
+                rustix::fs::chown(
+                    &user_home,
+                    Some(rustix::fs::Uid::from_raw(4242)),
+                    Some(rustix::fs::Gid::from_raw(4242)),
+                )
+                .unwrap();
+                // The user reads the authorized keys in here.
+                fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+                shadow.push_str(&format!("{SUDO_USER}:{}:19000:0:99999:7:::\n", hash.trim()));
+                passwd.push_str(&format!(
+                    "{SUDO_USER}:x:4242:4242::{}:/bin/sh\n",
+                    user_home.display()
+                ));
+                sudoers.push_str(&format!("{SUDO_USER} ALL=(ALL:ALL) ALL\n"));
+            }
+            fs::write(d.join("shadow"), shadow).unwrap();
+            fs::write(d.join("passwd"), passwd).unwrap();
+            fs::write(d.join("sudoers"), sudoers).unwrap();
+            fs::set_permissions(d.join("sudoers"), fs::Permissions::from_mode(0o440)).unwrap();
             sshd.password_home = Some(home);
         })
     }
@@ -295,9 +328,9 @@ impl Sshd {
                         if traced() {
                             // Under a tracer already (which sees this server too): a
                             // traced process cannot trace.
-                            r#"mount --bind "$0/shadow" /etc/shadow && mount --bind "$0/passwd" /etc/passwd && exec "$@""#
+                            r#"mount --bind "$0/shadow" /etc/shadow && mount --bind "$0/passwd" /etc/passwd && mount --bind "$0/sudoers" /etc/sudoers && exec "$@""#
                         } else {
-                            r#"mount --bind "$0/shadow" /etc/shadow && mount --bind "$0/passwd" /etc/passwd && exec strace -f -e trace=execve -s 4096 -v -o "$0/sshd.strace" "$@""#
+                            r#"mount --bind "$0/shadow" /etc/shadow && mount --bind "$0/passwd" /etc/passwd && mount --bind "$0/sudoers" /etc/sudoers && exec strace -f -e trace=execve -s 4096 -v -o "$0/sshd.strace" "$@""#
                         },
                     )
                     .arg(d)
