@@ -213,3 +213,30 @@ async fn eight_unrelated_keys_in_the_agent_do_not_lock_the_login_out() {
         assert!(session.run("true", b"").await.unwrap().success());
     }
 }
+
+#[tokio::test]
+async fn keyboard_interactive_takes_the_password_where_password_is_off() {
+    // PAM asks through keyboard-interactive; the password method is refused.
+    let sshd = Sshd::start_with_password(
+        "UsePAM yes\nKbdInteractiveAuthentication yes\nPasswordAuthentication no\n\
+         AuthorizedKeysFile .ssh/authorized_keys\n",
+        &password(),
+    );
+    let target =
+        nixos_anywhere_rs::ssh::Target::parse(&format!("root@127.0.0.1:{}", sshd.port)).unwrap();
+    let opts = SshOptions {
+        password: Some(Password::new(password())),
+        ..SshOptions::default()
+    };
+    let session = Session::connect(&target, &opts, &HostKeyPin::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sshd.log()));
+    assert!(session.run("true", b"").await.unwrap().success());
+    assert!(
+        sshd.log().contains("Accepted keyboard-interactive"),
+        "{}",
+        sshd.log()
+    );
+    // It too leaves the temporary key behind.
+    assert!(opts.temporary_key.get().is_some());
+}

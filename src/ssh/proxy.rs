@@ -68,7 +68,7 @@ pub(crate) async fn open(
 ) -> Result<(Box<dyn Transport>, Via), SshError> {
     match &opts.proxy {
         Proxy::Direct => {
-            let stream = super::tcp_connect(target, opts.connect_timeout).await?;
+            let stream = super::net::tcp_connect(target, opts.connect_timeout).await?;
             Ok((Box::new(stream), Via::Nothing))
         }
         Proxy::Command(template) => {
@@ -99,7 +99,7 @@ pub(crate) async fn open(
         }
         Proxy::Jump(hops) => {
             let Some((last, before)) = hops.split_last() else {
-                let stream = super::tcp_connect(target, opts.connect_timeout).await?;
+                let stream = super::net::tcp_connect(target, opts.connect_timeout).await?;
                 return Ok((Box::new(stream), Via::Nothing));
             };
             // The last hop is reached through the ones before it: its own options say so.
