@@ -54,7 +54,8 @@ impl Elevation {
         password: Option<&Password>,
         ask: bool,
     ) -> Result<Elevation, SshError> {
-        if how == Become::Never {
+        // A root login needs nothing, and no round trip to find that out.
+        if how == Become::Never || session.target().user == "root" {
             return Ok(Self::Nothing);
         }
         let probe = "id -u; command -v sudo >/dev/null && echo sudo; \
