@@ -15,6 +15,8 @@ pub struct Cmd {
     secret: Vec<usize>,
     stdin: Option<Vec<u8>>,
     envs: Vec<(OsString, OsString)>,
+    /// Variables of this process the command must not inherit (a password meant for us).
+    removed: Vec<OsString>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,7 @@ impl Cmd {
             secret: Vec::new(),
             stdin: None,
             envs: Vec::new(),
+            removed: Vec::new(),
         }
     }
 
@@ -71,6 +74,12 @@ impl Cmd {
         self
     }
 
+    /// Keeps the variable `key` of this process from the command.
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.removed.push(key.as_ref().to_owned());
+        self
+    }
+
     /// Runs the command to completion and returns its standard output.
     pub fn output(&self) -> Result<Vec<u8>, CmdError> {
         tracing::debug!(command = %self, "running");
@@ -78,6 +87,9 @@ impl Cmd {
         command
             .args(&self.argv[1..])
             .envs(self.envs.iter().map(|(k, v)| (k, v)));
+        for key in &self.removed {
+            command.env_remove(key);
+        }
         command.stdin(if self.stdin.is_some() {
             Stdio::piped()
         } else {

@@ -6,7 +6,6 @@ use anyhow::{Result, bail};
 use clap::Parser;
 use nixos_anywhere_rs::cli::install::{Environment, InstallArgs};
 use nixos_anywhere_rs::cli::{Cli, Command};
-use nixos_anywhere_rs::ssh::Target;
 use nixos_anywhere_rs::{agent, run};
 
 fn main() -> ExitCode {
@@ -68,8 +67,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Disko(args) => args.run()?,
         Command::Facts(args) => {
-            let opts = args.ssh.options()?;
-            let target = Target::parse_with(&args.destination, &opts)?;
+            let (target, opts) = args.ssh.resolve(&args.destination)?;
             let facts =
                 tokio::runtime::Runtime::new()?.block_on(run::facts::run(&target, &opts))?;
             println!("{}", serde_json::to_string_pretty(&facts)?);

@@ -494,7 +494,7 @@ fn ssh_option_is_applied(#[case] option: &str, #[case] field: &str, #[case] expe
 #[case("=2222", "expected Key=Value")]
 #[case("StrictHostKeyChecking=maybe", "accept-new")]
 #[case("ConnectTimeout=soon", "seconds")]
-#[case("ProxyJump=bastion", "supported: Port, User, IdentityFile")]
+#[case("Tunnel=yes", "supported: Port, User, IdentityFile")]
 #[case("Ciphers=aes128-ctr", "unknown option \"Ciphers\"")]
 fn ssh_option_errors_say_why(#[case] option: &str, #[case] message: &str) {
     let err = SshOptions::default().set_option(option).unwrap_err();

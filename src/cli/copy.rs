@@ -7,7 +7,6 @@ use clap::Args;
 
 use super::SshArgs;
 use crate::run::copy::{CopyRequest, Destination};
-use crate::ssh::Target;
 use crate::store::{self, StorePath};
 use crate::transfer::Compression;
 
@@ -44,8 +43,7 @@ impl CopyArgs {
         let destination = match self.to.as_str() {
             "local" => Destination::Local,
             dest if dest.starts_with("ssh://") => {
-                let opts = self.ssh.options()?;
-                let target = Target::parse_with(dest, &opts)?;
+                let (target, opts) = self.ssh.resolve(dest)?;
                 Destination::Ssh {
                     target,
                     opts: Box::new(opts),

@@ -13,7 +13,9 @@ pub use copy::CopyArgs;
 pub use disko::DiskoArgs;
 pub use nar::NarCommand;
 
-use crate::ssh::{SshError, SshOptions};
+use std::io::IsTerminal;
+
+use crate::ssh::{Password, SshError, SshOptions, Target};
 
 pub mod install;
 
@@ -77,23 +79,33 @@ pub struct SshArgs {
     /// SSH port, when the destination names none.
     #[arg(short = 'p', long = "ssh-port", value_name = "PORT")]
     pub port: Option<u16>,
-    /// An ssh option as Key=Value (repeatable): Port, User, IdentityFile,
-    /// StrictHostKeyChecking, UserKnownHostsFile, ConnectTimeout, ...
+    /// An ssh option as Key=Value (repeatable), winning over the config file: Port, User,
+    /// IdentityFile, ProxyJump, StrictHostKeyChecking, UserKnownHostsFile, ConnectTimeout, ...
     #[arg(long = "ssh-option", short = 'o', value_name = "KEY=VALUE")]
     pub options: Vec<String>,
+    /// Read this ssh config file instead of ~/.ssh/config, as `ssh -F`.
+    #[arg(short = 'F', long = "ssh-config", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Log in with the password in the environment variable SSHPASS (also fed to sudo).
+    #[arg(long)]
+    pub env_password: bool,
 }
 
 impl SshArgs {
-    /// SSH options as `ssh` would take them from the environment, then the command line.
-    pub fn options(&self) -> Result<SshOptions, SshError> {
-        let mut opts = SshOptions::from_env();
-        opts.identity_files.extend(self.identity.iter().cloned());
-        if self.port.is_some() {
-            opts.port = self.port;
+    /// The target and its options, as OpenSSH would resolve `destination` (`ssh -G` with the
+    /// config file, then the command line's options, which win).
+    pub fn resolve(&self, destination: &str) -> Result<(Target, SshOptions), SshError> {
+        let (target, mut opts) = SshOptions::resolve(
+            self.config_file.as_deref(),
+            &self.options,
+            &self.identity,
+            self.port,
+            destination,
+        )?;
+        if self.env_password {
+            opts.password = Some(Password::from_env()?);
         }
-        for option in &self.options {
-            opts.set_option(option)?;
-        }
-        Ok(opts)
+        opts.ask_password = std::io::stdin().is_terminal();
+        Ok((target, opts))
     }
 }

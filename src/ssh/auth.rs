@@ -1,10 +1,12 @@
-//! Public-key authentication: `-i` files, `SSH_PRIVATE_KEY` text, ssh-agent keys, then the
-//! usual `~/.ssh/id_*` files, stopping at the first key the server accepts.
+//! Authentication: the run's temporary key, `-i` files, the configuration's `IdentityFile`s,
+//! `SSH_PRIVATE_KEY` text, ssh-agent keys, the usual `~/.ssh/id_*` files, stopping at the
+//! first key the server accepts; then the password, by the `password` or the
+//! `keyboard-interactive` method.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use russh::client::{AuthResult, Handle};
+use russh::client::{AuthResult, Handle, KeyboardInteractiveAuthResponse};
 use russh::keys::agent::AgentIdentity;
 use russh::keys::agent::client::AgentClient;
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg};
@@ -12,6 +14,7 @@ use russh::{MethodKind, MethodSet};
 
 use super::hostkey::fingerprint;
 use super::options::{SshOptions, Target};
+use super::password::Password;
 use super::{Client, SshError};
 
 /// One authentication, recording what was tried for the error message.
@@ -21,6 +24,13 @@ struct Attempts<'a> {
     tried: Vec<String>,
     server_methods: Option<MethodSet>,
     rsa_hash: Option<Option<HashAlg>>,
+}
+
+/// How the login succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    PublicKey,
+    Password,
 }
 
 enum Outcome {
@@ -34,7 +44,7 @@ pub(crate) async fn authenticate(
     handle: &mut Handle<Client>,
     target: &Target,
     opts: &SshOptions,
-) -> Result<(), SshError> {
+) -> Result<Method, SshError> {
     let mut auth = Attempts {
         handle,
         user: &target.user,
@@ -44,7 +54,20 @@ pub(crate) async fn authenticate(
     };
     let dest = target.to_string();
     if auth.run(opts).await? {
-        return Ok(());
+        return Ok(Method::PublicKey);
+    }
+    let password = match &opts.password {
+        Some(p) => Some(p.clone()),
+        None if opts.ask_password && auth.offers_password() => {
+            Password::prompt(&format!("{dest}'s password: "))
+        }
+        None => None,
+    };
+    if let Some(password) = password
+        && auth.offers_password()
+        && auth.password(&password).await?
+    {
+        return Ok(Method::Password);
     }
     if auth.tried.is_empty() {
         return Err(SshError::NoCredentials { dest });
@@ -61,12 +84,101 @@ pub(crate) async fn authenticate(
 }
 
 impl Attempts<'_> {
+    /// Whether the server may take a password (as far as it said; before any attempt, yes).
+    fn offers_password(&self) -> bool {
+        self.server_methods.as_ref().is_none_or(|m| {
+            m.contains(&MethodKind::Password) || m.contains(&MethodKind::KeyboardInteractive)
+        })
+    }
+
+    /// Tries the password by whichever method the server takes; `Ok(true)` if accepted.
+    async fn password(&mut self, password: &Password) -> Result<bool, SshError> {
+        let takes =
+            |m: MethodKind, s: &Option<MethodSet>| s.as_ref().is_none_or(|s| s.contains(&m));
+        if takes(MethodKind::Password, &self.server_methods) {
+            self.tried.push("password".to_owned());
+            let result = self
+                .handle
+                .authenticate_password(self.user, password.0.clone())
+                .await?;
+            match result {
+                AuthResult::Success => return Ok(true),
+                AuthResult::Failure {
+                    remaining_methods, ..
+                } => self.server_methods = Some(remaining_methods),
+            }
+        }
+        if !takes(MethodKind::KeyboardInteractive, &self.server_methods) {
+            return Ok(false);
+        }
+        self.tried.push("keyboard-interactive".to_owned());
+        let mut reply = self
+            .handle
+            .authenticate_keyboard_interactive_start(self.user, None)
+            .await?;
+        // Each round's prompts get the password where they hide the answer (the password
+        // prompt), nothing where they echo it; a server asking forever is cut off.
+        for _ in 0..4 {
+            match reply {
+                KeyboardInteractiveAuthResponse::Success => return Ok(true),
+                KeyboardInteractiveAuthResponse::Failure {
+                    remaining_methods, ..
+                } => {
+                    self.server_methods = Some(remaining_methods);
+                    return Ok(false);
+                }
+                KeyboardInteractiveAuthResponse::InfoRequest { prompts, .. } => {
+                    let answers = prompts
+                        .iter()
+                        .map(|p| {
+                            if p.echo {
+                                String::new()
+                            } else {
+                                password.0.clone()
+                            }
+                        })
+                        .collect();
+                    reply = self
+                        .handle
+                        .authenticate_keyboard_interactive_respond(answers)
+                        .await?;
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Tries every credential in order; `Ok(true)` once one is accepted.
     async fn run(&mut self, opts: &SshOptions) -> Result<bool, SshError> {
+        if let Some(key) = opts.temporary_key.get() {
+            match self
+                .try_key("the run's temporary key".to_owned(), (*key).clone())
+                .await?
+            {
+                Outcome::Accepted => return Ok(true),
+                Outcome::GiveUp => return Ok(false),
+                Outcome::Rejected => {}
+            }
+        }
         for path in &opts.identity_files {
             let key = load_key_file(path)?;
             let label = format!("-i {}", path.display());
             match self.try_key(label, key).await? {
+                Outcome::Accepted => return Ok(true),
+                Outcome::GiveUp => return Ok(false),
+                Outcome::Rejected => {}
+            }
+        }
+        for path in &opts.config_identity_files {
+            if !path.exists() {
+                tracing::warn!(
+                    "skipping IdentityFile {}: no such file (named in the SSH configuration)",
+                    path.display()
+                );
+                continue;
+            }
+            let key = load_key_file(path)?;
+            match self.try_key(path.display().to_string(), key).await? {
                 Outcome::Accepted => return Ok(true),
                 Outcome::GiveUp => return Ok(false),
                 Outcome::Rejected => {}
@@ -89,7 +201,10 @@ impl Attempts<'_> {
                 Outcome::Rejected => {}
             }
         }
-        if opts.identity_files.is_empty() && opts.private_key.is_none() {
+        if opts.identity_files.is_empty()
+            && opts.config_identity_files.is_empty()
+            && opts.private_key.is_none()
+        {
             for path in &opts.default_identity_files {
                 let Ok(text) = std::fs::read_to_string(path) else {
                     continue;

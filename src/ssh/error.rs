@@ -17,6 +17,19 @@ pub enum SshError {
     #[error("invalid SSH option {option:?}: {reason}")]
     InvalidOption { option: String, reason: String },
 
+    #[error("SSH configuration: {what}: {reason}")]
+    Config { what: String, reason: String },
+
+    #[error(
+        "{} uses Match, which only OpenSSH's own client understands; install openssh-client \
+         (so that `ssh -G` resolves it), or pass another file with -F",
+        .file.display()
+    )]
+    ConfigNeedsMatch { file: std::path::PathBuf },
+
+    #[error("unsupported SSH option {option}: {reason}")]
+    UnsupportedOption { option: String, reason: String },
+
     #[error("could not connect to {dest}: {source}{}", connect_hint(.source))]
     Connect { dest: String, source: io::Error },
 
@@ -72,6 +85,9 @@ pub enum SshError {
         tried: String,
         server_methods: String,
     },
+
+    #[error("could not become root on {dest}: {reason}")]
+    Privilege { dest: String, reason: String },
 
     #[error("could not run `{command}` on {dest}: {reason}")]
     Channel {

@@ -4,6 +4,7 @@
 //! is pinned: every later connection of the run (after kexec, after reboot) must present the
 //! same key.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,9 +16,17 @@ use sha1::Sha1;
 use super::SshError;
 use super::options::StrictHostKeyChecking;
 
-/// The host key of one target, shared by every connection of one run. Cloning shares the pin.
+/// The host key of one target, shared by every connection of one run, and those of the jump
+/// hosts on the way to it, each pinned on its own. Cloning shares the pins.
 #[derive(Clone, Default)]
-pub struct HostKeyPin(Arc<Mutex<Option<PublicKey>>>);
+pub struct HostKeyPin(Arc<Pins>);
+
+#[derive(Default)]
+struct Pins {
+    key: Mutex<Option<PublicKey>>,
+    /// By jump host (`user@host:port`).
+    hops: Mutex<BTreeMap<String, HostKeyPin>>,
+}
 
 impl fmt::Debug for HostKeyPin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -34,12 +43,21 @@ impl HostKeyPin {
 
     /// A pin that only accepts `key` (known from an earlier run, say).
     pub fn with_key(key: PublicKey) -> Self {
-        Self(Arc::new(Mutex::new(Some(key))))
+        Self(Arc::new(Pins {
+            key: Mutex::new(Some(key)),
+            hops: Mutex::default(),
+        }))
+    }
+
+    /// The pin of the jump host `name` on the way to this target.
+    pub fn hop(&self, name: &str) -> HostKeyPin {
+        let mut hops = self.0.hops.lock().unwrap_or_else(|e| e.into_inner());
+        hops.entry(name.to_owned()).or_default().clone()
     }
 
     /// The pinned key, if a connection was made.
     pub fn key(&self) -> Option<PublicKey> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.key.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The pinned key's SHA256 fingerprint as OpenSSH prints it (`SHA256:...`).
@@ -49,7 +67,7 @@ impl HostKeyPin {
 
     /// Pins `seen` if nothing is pinned yet; otherwise checks it is the pinned key.
     pub(crate) fn check_or_pin(&self, host: &str, seen: &PublicKey) -> Result<(), SshError> {
-        let mut pinned = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pinned = self.0.key.lock().unwrap_or_else(|e| e.into_inner());
         match &*pinned {
             None => {
                 tracing::debug!(host, key = %fingerprint(seen), "pinned the host key");

@@ -6,13 +6,18 @@
 //! passed as `Bytes` without copies on the way (see [`exec`]).
 
 mod auth;
+mod config;
 mod error;
 pub mod exec;
 mod hostkey;
+mod net;
 mod options;
+mod password;
+mod privilege;
+mod proxy;
+mod resolve;
 
 use std::borrow::Cow;
-use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,14 +29,16 @@ use russh::keys::{Algorithm, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Preferred};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
-use crate::exec::Cmd;
-
+pub use config::ConfigReader;
 pub use error::SshError;
 pub use exec::{Exec, ExecExit, ExecStdin, ExecStdout, ExitInfo};
 pub use hostkey::{HostKeyPin, fingerprint};
 pub use options::{DEFAULT_PORT, DEFAULT_USER, KeyText, SshOptions, StrictHostKeyChecking, Target};
+pub use password::{Password, TemporaryKey};
+pub use privilege::Become;
+pub use proxy::{JumpHost, Proxy};
+pub use resolve::Resolver;
 
 /// Ciphers in order of preference: AES-GCM is hardware-accelerated almost everywhere.
 const CIPHERS: &[cipher::Name] = &[
@@ -156,11 +163,17 @@ pub struct Session {
     handle: Handle<Client>,
     target: Target,
     state: Arc<SessionState>,
+    /// How commands become root (sudo, doas), for a login that is not root.
+    elevation: privilege::Elevation,
+    /// The jump host or proxy command the connection runs through (dropped after `handle`).
+    _via: proxy::Via,
 }
 
 impl Session {
-    /// Connects, checks the host key (against known_hosts as configured, then `pin`) and
-    /// authenticates. Resolves no name when `target.host` is an IP address.
+    /// Connects (through `opts.proxy`), checks the host key (against known_hosts as
+    /// configured, then `pin`) and authenticates. Resolves no name when `target.host` is an IP
+    /// address, nor behind a jump host (the last jump host resolves it, as with OpenSSH).
+    /// Each jump host's key is checked the same way, and pinned in `pin` under its name.
     pub async fn connect(
         target: &Target,
         opts: &SshOptions,
@@ -182,7 +195,7 @@ impl Session {
             pin: pin.clone(),
             state: state.clone(),
         };
-        let stream = tcp_connect(target, opts.connect_timeout).await?;
+        let (stream, via) = proxy::open(target, opts, pin).await?;
         let handshake = client::connect_stream(config, stream, handler);
         let mut handle = with_timeout(
             opts.connect_timeout,
@@ -199,13 +212,40 @@ impl Session {
             e => e,
         })?;
         let auth = auth::authenticate(&mut handle, target, opts);
-        with_timeout(opts.connect_timeout, &dest, "authenticating to", auth).await??;
-        tracing::debug!(%dest, "authenticated");
-        Ok(Session {
+        // A password typed at a prompt takes as long as the person typing.
+        let limit = opts.connect_timeout.filter(|_| !opts.ask_password);
+        let method = with_timeout(limit, &dest, "authenticating to", auth).await??;
+        tracing::debug!(%dest, ?method, "authenticated");
+        let mut session = Session {
             handle,
             target: target.clone(),
             state,
-        })
+            elevation: privilege::Elevation::Nothing,
+            _via: via,
+        };
+        if method == auth::Method::Password && opts.identity_files.is_empty() {
+            opts.temporary_key.install(&session).await?;
+        }
+        session.elevation = privilege::Elevation::detect(
+            &session,
+            opts.become_root,
+            opts.password.as_ref(),
+            opts.ask_password,
+        )
+        .await?;
+        Ok(session)
+    }
+
+    /// A `direct-tcpip` channel from the server to `host:port` (the server resolves the name).
+    pub(crate) async fn open_direct_tcpip(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<russh::Channel<client::Msg>, String> {
+        self.handle
+            .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
+            .await
+            .map_err(|e| self.reason(e))
     }
 
     pub fn target(&self) -> &Target {
@@ -221,8 +261,16 @@ impl Session {
             .clone()
     }
 
-    /// Runs `command` (through the user's login shell, as `ssh host command` does).
+    /// Runs `command` (through the user's login shell, as `ssh host command` does), as root
+    /// through sudo or doas when the login is not root (see [`Become`]).
     pub async fn exec(&self, command: &str) -> Result<Exec, SshError> {
+        let mut exec = self.exec_as_login(&self.elevation.wrap(command)).await?;
+        self.elevation.unlock(&mut exec, &self.state.dest).await?;
+        Ok(exec)
+    }
+
+    /// Runs `command` as the login user.
+    async fn exec_as_login(&self, command: &str) -> Result<Exec, SshError> {
         let fail = |reason: String| SshError::Channel {
             dest: self.state.dest.clone(),
             command: command.to_owned(),
@@ -455,79 +503,6 @@ async fn with_timeout<F: Future>(
                 after,
             }),
     }
-}
-
-/// Opens the TCP connection, trying each address of the host in turn.
-async fn tcp_connect(target: &Target, limit: Option<Duration>) -> Result<TcpStream, SshError> {
-    let dest = target.to_string();
-    let addrs: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, target.port)],
-        Err(_) => resolve(&target.host, target.port)
-            .await
-            .map_err(|source| SshError::Connect {
-                dest: dest.clone(),
-                source,
-            })?,
-    };
-    let mut last = None;
-    for addr in addrs {
-        match with_timeout(limit, &dest, "connecting to", TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                // Small requests and replies go out at once; bulk data fills packets anyway.
-                let _ = stream.set_nodelay(true);
-                return Ok(stream);
-            }
-            Ok(Err(source)) => {
-                last = Some(SshError::Connect {
-                    dest: dest.clone(),
-                    source,
-                })
-            }
-            Err(timeout) => last = Some(timeout),
-        }
-    }
-    Err(last.unwrap_or_else(|| SshError::Connect {
-        dest,
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "the host has no address"),
-    }))
-}
-
-/// Resolves a host name on the operator's machine. The binary is static, and a static glibc
-/// can only use the name services of the glibc it was built with; when that fails, the
-/// system's own `getent` (dynamically linked, with its NSS modules) answers instead.
-async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
-    let first = match tokio::net::lookup_host((host, port)).await {
-        Ok(addrs) => {
-            let addrs: Vec<SocketAddr> = addrs.collect();
-            if !addrs.is_empty() {
-                return Ok(addrs);
-            }
-            "no address".to_owned()
-        }
-        Err(e) => e.to_string(),
-    };
-    let getent = Cmd::new("getent").args(["ahosts", host]);
-    let answer = tokio::task::spawn_blocking(move || getent.output())
-        .await
-        .map_err(std::io::Error::other)?;
-    let mut addrs = Vec::new();
-    if let Ok(stdout) = answer {
-        for line in String::from_utf8_lossy(&stdout).lines() {
-            if let Some(Ok(ip)) = line.split_whitespace().next().map(str::parse::<IpAddr>) {
-                let addr = SocketAddr::new(ip, port);
-                if !addrs.contains(&addr) {
-                    addrs.push(addr);
-                }
-            }
-        }
-    }
-    if addrs.is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("could not resolve {host}: {first}"),
-        ));
-    }
-    Ok(addrs)
 }
 
 /// A local file read whole, with its SHA-256: what an upload sends and checks.

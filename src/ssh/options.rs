@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::SshError;
+use super::password::{Password, TemporaryKey};
+use super::privilege::Become;
+use super::proxy::{JumpHost, Proxy};
 
 /// Default port and user, as nixos-anywhere connects as root unless told otherwise.
 pub const DEFAULT_PORT: u16 = 22;
@@ -29,6 +32,28 @@ impl Target {
     /// Like [`Target::parse`], but a user or port missing from `input` comes from `opts`
     /// (`-p`, `-o Port=`, `-o User=`) before the defaults. One given in `input` wins.
     pub fn parse_with(input: &str, opts: &SshOptions) -> Result<Target, SshError> {
+        let dest = Destination::parse(input)?;
+        Ok(Target {
+            user: dest
+                .user
+                .or_else(|| opts.user.clone())
+                .unwrap_or_else(|| DEFAULT_USER.to_owned()),
+            host: dest.host,
+            port: dest.port.or(opts.port).unwrap_or(DEFAULT_PORT),
+        })
+    }
+}
+
+/// A destination as written: the user and port only where it names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Destination {
+    pub(crate) user: Option<String>,
+    pub(crate) host: String,
+    pub(crate) port: Option<u16>,
+}
+
+impl Destination {
+    pub(crate) fn parse(input: &str) -> Result<Destination, SshError> {
         let bad = |reason: &str| SshError::InvalidTarget {
             input: input.to_owned(),
             reason: reason.to_owned(),
@@ -73,15 +98,11 @@ impl Target {
             return Err(bad("the host contains characters a host name cannot"));
         }
         let port = match port {
-            Some(p) => parse_port(p).map_err(|r| bad(&r))?,
-            None => opts.port.unwrap_or(DEFAULT_PORT),
+            Some(p) => Some(parse_port(p).map_err(|r| bad(&r))?),
+            None => None,
         };
-        let user = match user {
-            Some(u) => u.to_owned(),
-            None => opts.user.clone().unwrap_or_else(|| DEFAULT_USER.to_owned()),
-        };
-        Ok(Target {
-            user,
+        Ok(Destination {
+            user: user.map(str::to_owned),
             host: host.to_owned(),
             port,
         })
@@ -99,7 +120,7 @@ impl fmt::Display for Target {
     }
 }
 
-fn parse_port(text: &str) -> Result<u16, String> {
+pub(crate) fn parse_port(text: &str) -> Result<u16, String> {
     match text.parse::<u16>() {
         Ok(0) | Err(_) => Err(format!("{text:?} is not a port number (1-65535)")),
         Ok(p) => Ok(p),
@@ -148,6 +169,9 @@ pub struct SshOptions {
     pub identity_agent: Option<PathBuf>,
     /// Use only the keys given explicitly, not the agent's (`IdentitiesOnly`).
     pub identities_only: bool,
+    /// Key files the SSH configuration names (`IdentityFile`), tried after `identity_files`;
+    /// one that does not exist is skipped with a warning, as `ssh` does.
+    pub config_identity_files: Vec<PathBuf>,
     /// Keys tried last, only when no key was given explicitly (`~/.ssh/id_*`).
     pub default_identity_files: Vec<PathBuf>,
     /// Port when the destination names none (`-p`, `Port`).
@@ -164,6 +188,16 @@ pub struct SshOptions {
     pub keepalive_interval: Option<Duration>,
     /// Give up after this many unanswered keepalives (`ServerAliveCountMax`).
     pub keepalive_max: usize,
+    /// How the connection reaches the host: directly, through jump hosts, or a command.
+    pub proxy: Proxy,
+    /// The password for password and keyboard-interactive logins (`--env-password`).
+    pub password: Option<Password>,
+    /// Without `password`, ask for one on the terminal when no key is accepted.
+    pub ask_password: bool,
+    /// The key a password login adds to `authorized_keys` (without `-i`), tried first.
+    pub temporary_key: TemporaryKey,
+    /// Whether a login that is not root runs its commands through sudo or doas.
+    pub become_root: Become,
 }
 
 impl Default for SshOptions {
@@ -173,6 +207,7 @@ impl Default for SshOptions {
             private_key: None,
             identity_agent: None,
             identities_only: false,
+            config_identity_files: Vec::new(),
             default_identity_files: Vec::new(),
             port: None,
             user: None,
@@ -181,6 +216,11 @@ impl Default for SshOptions {
             connect_timeout: Some(Duration::from_secs(30)),
             keepalive_interval: Some(Duration::from_secs(15)),
             keepalive_max: 4,
+            proxy: Proxy::Direct,
+            password: None,
+            ask_password: false,
+            temporary_key: TemporaryKey::default(),
+            become_root: Become::Auto,
         }
     }
 }
@@ -188,7 +228,7 @@ impl Default for SshOptions {
 /// The `-o` keys understood, for the error message listing them.
 const SUPPORTED: &str = "Port, User, IdentityFile, IdentitiesOnly, IdentityAgent, \
     StrictHostKeyChecking, UserKnownHostsFile, ConnectTimeout, ServerAliveInterval, \
-    ServerAliveCountMax";
+    ServerAliveCountMax, ProxyJump, ProxyCommand";
 
 /// Keys accepted and ignored (with a warning): they only tune OpenSSH's own client.
 const IGNORED: &[&str] = &[
@@ -296,6 +336,23 @@ impl SshOptions {
                     .parse()
                     .map_err(|_| bad(format!("{value:?} is not a count")))?
             }
+            "proxycommand" if value == "none" => self.proxy = Proxy::Direct,
+            "proxycommand" => self.proxy = Proxy::Command(value.to_owned()),
+            "proxyjump" if value == "none" => self.proxy = Proxy::Direct,
+            "proxyjump" => {
+                // Without a configuration file, each hop logs in as the target does.
+                let mut hop_opts = self.clone();
+                hop_opts.proxy = Proxy::Direct;
+                let mut hops = Vec::new();
+                for hop in value.split(',') {
+                    let target = Target::parse_with(hop.trim(), &hop_opts)?;
+                    hops.push(JumpHost {
+                        target,
+                        opts: hop_opts.clone(),
+                    });
+                }
+                self.proxy = Proxy::Jump(hops);
+            }
             k if IGNORED.contains(&k) => {
                 tracing::warn!("ignoring SSH option {key}: it only applies to OpenSSH's client");
             }
@@ -324,7 +381,7 @@ fn parse_seconds(value: &str) -> Result<u64, String> {
         .map_err(|_| format!("{value:?} is not a number of seconds"))
 }
 
-fn expand_tilde(path: &str) -> PathBuf {
+pub(crate) fn expand_tilde(path: &str) -> PathBuf {
     match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
         (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
         _ => PathBuf::from(path),

@@ -131,3 +131,78 @@ impl Drop for LinkPair {
         self.delete();
     }
 }
+
+/// Network namespaces in a line, each joined to the next by a veth pair of its own /30
+/// (10.214.N.1 on the left, 10.214.N.2 on the right of link N, from 1): nothing forwards, so
+/// each namespace reaches only its neighbours, as an operator reaches only a bastion and only
+/// the bastion reaches the machine behind it.
+pub struct Chain {
+    pub namespaces: Vec<String>,
+}
+
+impl Chain {
+    /// `hosts` namespaces (at least 2); `tag` keeps concurrent tests apart.
+    pub fn new(tag: &str, hosts: usize) -> Chain {
+        let id = format!("{tag}{}", std::process::id() % 100_000);
+        let chain = Chain {
+            namespaces: (0..hosts).map(|i| format!("nar-chain-{id}-{i}")).collect(),
+        };
+        chain.delete();
+        for ns in &chain.namespaces {
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        for link in 1..hosts {
+            let (left, right) = (&chain.namespaces[link - 1], &chain.namespaces[link]);
+            let (left_if, right_if) = (format!("l{link}{id}"), format!("r{link}{id}"));
+            ip(&[
+                "link", "add", &left_if, "netns", left, "type", "veth", "peer", "name", &right_if,
+                "netns", right,
+            ]);
+            for (ns, dev, addr) in [
+                (left, &left_if, Self::left_addr(link)),
+                (right, &right_if, Self::right_addr(link)),
+            ] {
+                ip(&["-n", ns, "addr", "add", &format!("{addr}/30"), "dev", dev]);
+                ip(&["-n", ns, "link", "set", dev, "up"]);
+            }
+        }
+        chain
+    }
+
+    /// The address of namespace `link` on the link to its left neighbour.
+    pub fn right_addr(link: usize) -> String {
+        format!("10.214.{link}.2")
+    }
+
+    pub fn left_addr(link: usize) -> String {
+        format!("10.214.{link}.1")
+    }
+
+    /// `program`, to be run in namespace `index`.
+    pub fn command(&self, index: usize, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.namespaces[index], program]);
+        cmd
+    }
+
+    fn delete(&self) {
+        for ns in &self.namespaces {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}

@@ -6,6 +6,7 @@
 use std::fs;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +14,9 @@ use std::time::{Duration, Instant};
 use super::run;
 
 const SSHD: &str = "/usr/sbin/sshd";
+
+/// The user [`Sshd::start_with_sudo_user`] makes.
+pub const SUDO_USER: &str = "nar-sudo-test";
 
 pub struct Sshd {
     dir: tempfile::TempDir,
@@ -25,6 +29,8 @@ pub struct Sshd {
     /// The address it listens on, and the network namespace it runs in if not the host's.
     listen: String,
     netns: Option<String>,
+    /// With a password: root's home in the server's view (the test's own directory).
+    password_home: Option<PathBuf>,
 }
 
 /// Generates an unencrypted ed25519 key pair at `path` and `path.pub`.
@@ -43,6 +49,14 @@ pub fn user() -> String {
         return "root".to_owned();
     }
     std::env::var("USER").expect("USER is not set")
+}
+
+/// Whether this process runs under a tracer (strace).
+pub fn traced() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
 }
 
 fn free_port() -> u16 {
@@ -64,12 +78,113 @@ impl Sshd {
         Self::start_at(extra, "127.0.0.1", None)
     }
 
+    /// Starts a fresh server listening on `addr` (`::1`, say) in this namespace.
+    pub fn start_on(addr: &str) -> Sshd {
+        Self::start_at("", addr, None)
+    }
+
     /// Starts a fresh server in the network namespace `netns`, listening on `addr` there.
     pub fn start_in_netns(netns: &str, addr: &str) -> Sshd {
         Self::start_at("", addr, Some(netns.to_owned()))
     }
 
+    /// Starts a server where root logs in with `password` (and `extra` lines first), its
+    /// execs traced. It runs in a mount namespace of its own in which `/etc/shadow` and
+    /// `/etc/passwd` are copies with that password and a home in the test's directory
+    /// ([`Sshd::home`]), so nothing of this machine's changes.
+    pub fn start_with_password(extra: &str, password: &str) -> Sshd {
+        Self::start_sandboxed(extra, password, false)
+    }
+
+    /// Like [`Sshd::start_with_password`], and the user [`SUDO_USER`] (uid 4242) logs in with
+    /// the client key; `sudo` gives it root for `password` (`/etc/sudoers` is a copy too).
+    pub fn start_with_sudo_user(password: &str) -> Sshd {
+        Self::start_sandboxed("", password, true)
+    }
+
+    fn start_sandboxed(extra: &str, password: &str, sudo_user: bool) -> Sshd {
+        Self::start_prepared(extra, "127.0.0.1", None, |sshd| {
+            let d = sshd.dir().to_owned();
+            let home = d.join("home");
+            fs::create_dir_all(&home).unwrap();
+            let mut hash = Command::new("openssl")
+                .args(["passwd", "-6", "-stdin"])
+                .env_remove("SSHPASS")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("openssl");
+            use std::io::Write;
+            let mut stdin = hash.stdin.take().unwrap();
+            stdin.write_all(password.as_bytes()).unwrap();
+            drop(stdin);
+            let hash = String::from_utf8(hash.wait_with_output().unwrap().stdout).unwrap();
+            let edit = |file: &str, field: usize, value: &str| {
+                let text: String = fs::read_to_string(file)
+                    .unwrap()
+                    .lines()
+                    .map(|line| {
+                        let mut fields: Vec<&str> = line.split(':').collect();
+                        if fields[0] == "root" {
+                            fields[field] = value;
+                        }
+                        fields.join(":") + "\n"
+                    })
+                    .collect();
+                text
+            };
+            let mut shadow = edit("/etc/shadow", 1, hash.trim());
+            let mut passwd = edit("/etc/passwd", 5, home.to_str().unwrap());
+            let mut sudoers = "Defaults env_reset\nroot ALL=(ALL:ALL) ALL\n".to_owned();
+            if sudo_user {
+                let user_home = d.join("home-user");
+                fs::create_dir_all(&user_home).unwrap();
+                rustix::fs::chown(
+                    &user_home,
+                    Some(rustix::fs::Uid::from_raw(4242)),
+                    Some(rustix::fs::Gid::from_raw(4242)),
+                )
+                .unwrap();
+                // The user reads the authorized keys in here.
+                fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+                shadow.push_str(&format!("{SUDO_USER}:{}:19000:0:99999:7:::\n", hash.trim()));
+                passwd.push_str(&format!(
+                    "{SUDO_USER}:x:4242:4242::{}:/bin/sh\n",
+                    user_home.display()
+                ));
+                sudoers.push_str(&format!("{SUDO_USER} ALL=(ALL:ALL) ALL\n"));
+            }
+            fs::write(d.join("shadow"), shadow).unwrap();
+            fs::write(d.join("passwd"), passwd).unwrap();
+            fs::write(d.join("sudoers"), sudoers).unwrap();
+            fs::set_permissions(d.join("sudoers"), fs::Permissions::from_mode(0o440)).unwrap();
+            sshd.password_home = Some(home);
+        })
+    }
+
+    /// Root's home directory as the password server sees it.
+    pub fn home(&self) -> &Path {
+        self.password_home
+            .as_deref()
+            .expect("a server started with a password")
+    }
+
+    /// What `strace -e trace=execve` saw of the server and its children (nothing when this
+    /// process is traced itself: then its tracer saw them).
+    pub fn exec_trace(&self) -> String {
+        fs::read_to_string(self.dir.path().join("sshd.strace")).unwrap_or_default()
+    }
+
     fn start_at(extra: &str, listen: &str, netns: Option<String>) -> Sshd {
+        Self::start_prepared(extra, listen, netns, |_| {})
+    }
+
+    fn start_prepared(
+        extra: &str,
+        listen: &str,
+        netns: Option<String>,
+        prepare: impl FnOnce(&mut Sshd),
+    ) -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} not found: run scripts/setup (it installs openssh-server)"
@@ -92,7 +207,9 @@ impl Sshd {
             extra: extra.to_owned(),
             listen: listen.to_owned(),
             netns,
+            password_home: None,
         };
+        prepare(&mut sshd);
         for _ in 0..10 {
             // A namespace of the test's own has every port free.
             sshd.port = if sshd.netns.is_some() {
@@ -113,7 +230,11 @@ impl Sshd {
 
     /// `user@address:port`.
     pub fn destination(&self) -> String {
-        format!("{}@{}:{}", user(), self.listen, self.port)
+        if self.listen.contains(':') {
+            format!("{}@[{}]:{}", user(), self.listen, self.port)
+        } else {
+            format!("{}@{}:{}", user(), self.listen, self.port)
+        }
     }
 
     /// The host key's public line, `ssh-ed25519 AAAA...`.
@@ -153,6 +274,15 @@ impl Sshd {
     }
 
     fn stop(&mut self) {
+        // Under strace, the child is strace: the server itself is named in its pid file.
+        if self.password_home.is_some()
+            && let Ok(pid) = fs::read_to_string(self.dir.path().join("sshd.pid"))
+        {
+            let _ = Command::new("kill")
+                .arg(pid.trim())
+                .env_remove("SSHPASS")
+                .status();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -185,15 +315,32 @@ impl Sshd {
         );
         fs::write(d.join("sshd_config"), config).unwrap();
         let log = fs::File::create(d.join("sshd.log")).unwrap();
-        let mut command = match &self.netns {
-            Some(ns) => {
+        let mut command = match (&self.netns, &self.password_home) {
+            (Some(ns), _) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns, SSHD]);
                 c
             }
-            None => Command::new(SSHD),
+            (None, Some(_)) => {
+                let mut c = Command::new("unshare");
+                c.args(["-m", "--propagation", "private", "sh", "-c"])
+                    .arg(
+                        if traced() {
+                            // Under a tracer already (which sees this server too): a
+                            // traced process cannot trace.
+                            r#"mount --bind "$0/shadow" /etc/shadow && mount --bind "$0/passwd" /etc/passwd && mount --bind "$0/sudoers" /etc/sudoers && exec "$@""#
+                        } else {
+                            r#"mount --bind "$0/shadow" /etc/shadow && mount --bind "$0/passwd" /etc/passwd && mount --bind "$0/sudoers" /etc/sudoers && exec strace -f -e trace=execve -s 4096 -v -o "$0/sshd.strace" "$@""#
+                        },
+                    )
+                    .arg(d)
+                    .arg(SSHD);
+                c
+            }
+            (None, None) => Command::new(SSHD),
         };
         let child = command
+            .env_remove("SSHPASS")
             .args(["-D", "-e", "-f"])
             .arg(d.join("sshd_config"))
             .stdin(Stdio::null())
@@ -213,7 +360,7 @@ impl Sshd {
                 if self.log().contains("Server listening on") {
                     return true;
                 }
-            } else if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+            } else if let Ok(mut stream) = TcpStream::connect((self.listen.as_str(), self.port)) {
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut banner = [0u8; 4];
                 if stream.read_exact(&mut banner).is_ok() && &banner == b"SSH-" {
