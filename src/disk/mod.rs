@@ -3,3 +3,6 @@
 //! layers with the installer's own tools).
 
 pub mod table;
+
+pub mod blkpg;
+pub mod device;

@@ -3,7 +3,10 @@
 //! block device ([`gpt`], [`mbr`]), built in memory and written once ([`region`]).
 
 pub mod error;
+pub mod gpt;
 pub mod guid;
+pub mod mbr;
+pub mod region;
 pub mod sgdisk;
 pub mod spec;
 mod typecode;
