@@ -6,6 +6,7 @@ pub mod error;
 pub mod gpt;
 pub mod guid;
 pub mod mbr;
+pub mod parted;
 pub mod region;
 pub mod sgdisk;
 pub mod spec;
