@@ -56,6 +56,8 @@ pub enum TableError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Device(#[from] crate::disk::device::DeviceError),
     #[error("{path}: the GPT could not be written: {source}")]
     Gpt {
         path: PathBuf,

@@ -11,5 +11,7 @@ pub mod region;
 pub mod sgdisk;
 pub mod spec;
 mod typecode;
+pub mod write;
 
 pub use error::TableError;
+pub use write::{PlannedTable, WriteTable, plan};
