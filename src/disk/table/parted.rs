@@ -76,18 +76,12 @@ fn align_nearest(target: i64, lo: i64, hi: i64, grain: i64, offset: i64) -> Opti
     if lo > hi {
         return None;
     }
+    let target = target.clamp(lo, hi);
     let down = (target - offset).div_euclid(grain) * grain + offset;
-    let up = down + grain;
-    [down, up]
+    [down, down + grain]
         .into_iter()
         .filter(|s| (lo..=hi).contains(s))
         .min_by_key(|s| (s - target).abs())
-        .or_else(|| {
-            // The range may lie wholly between the two multiples nearest the target.
-            let first = (lo - offset).div_euclid(grain) * grain + offset;
-            let first = if first < lo { first + grain } else { first };
-            (first <= hi).then_some(first)
-        })
 }
 
 /// A free gap a partition may occupy: `first..=last`, and the fewest sectors to leave before
@@ -339,6 +333,8 @@ mod tests {
         assert_eq!((p.sector, p.lo, p.hi), (204_800, 204_800, 204_800));
         assert_eq!(parse("100%", 4_194_304, 512).unwrap().sector, 4_194_303);
         assert!(parse("0.5M", 4_194_304, 512).is_none());
+        // 100% on GPT: the aligned end nearest the device end that is still usable.
+        assert_eq!(align_nearest(4_194_303, 4_173_332, 4_194_270, 2048, 2047), Some(4_192_255));
         assert!(parse("12furlongs", 4_194_304, 512).is_none());
     }
 

