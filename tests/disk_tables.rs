@@ -212,16 +212,6 @@ fn table_of(path: &Path, fixed_guids: bool) -> Value {
     })
 }
 
-fn mbr_table(path: &Path) -> Vec<u8> {
-    let data = std::fs::read(path).map(|d| d[..512].to_vec()).unwrap_or_else(|_| {
-        use std::io::Read;
-        let mut b = vec![0; 512];
-        std::fs::File::open(path).unwrap().read_exact(&mut b).unwrap();
-        b
-    });
-    data[446..512].to_vec()
-}
-
 fn head(path: &Path) -> Vec<u8> {
     use std::io::Read;
     let mut b = vec![0; 512];
@@ -248,10 +238,47 @@ fn scratch() -> tempfile::TempDir {
     if shm.is_dir() { tempfile::tempdir_in(shm).unwrap() } else { tempfile::tempdir().unwrap() }
 }
 
+/// Runs disko's lines and ours for one table and compares them.
+fn compare_one(dir: &Path, tmp: &Path, name: &str, i: usize, f: &Found) {
+    let script = std::fs::read_to_string(dir.join(format!("{name}.create.sh"))).unwrap();
+    let theirs = tmp.join(format!("{name}-{i}-disko.img"));
+    let ours = tmp.join(format!("{name}-{i}-ours.img"));
+    sparse(&theirs, f.bytes);
+    sparse(&ours, f.bytes);
+    let commands = disko_table_commands(&script, &f.device);
+    assert!(!commands.is_empty(), "{name}: no table commands for {}", f.device);
+    if matches!(f.spec, TableSpec::Gpt(_)) {
+        sh(&format!("sgdisk --clear '{}' >/dev/null", theirs.display()));
+    }
+    let quoted = format!("\"{}\"", f.device);
+    for c in &commands {
+        sh(&format!("{} >/dev/null", c.replace(&quoted, &format!("'{}'", theirs.display()))));
+    }
+    write_ours(&ours, &f.spec);
+    let fixed = fixes_guids(&f.spec);
+    assert_eq!(table_of(&ours, fixed), table_of(&theirs, fixed), "{name}: {} differs from disko's", f.device);
+    if matches!(f.spec, TableSpec::Gpt(_)) {
+        assert_eq!(head(&ours), head(&theirs), "{name}: {}: the MBR differs from sgdisk's", f.device);
+    }
+    // The step's probe sees the table it wrote.
+    let step = WriteTable { device: ours.clone(), spec: f.spec.clone() };
+    assert_eq!(step.probe(&()).unwrap(), Probe::Done, "{name}");
+    // ... and not on a blank image.
+    let blank = tmp.join(format!("{name}-{i}-blank.img"));
+    sparse(&blank, f.bytes);
+    let step = WriteTable { device: blank.clone(), spec: f.spec.clone() };
+    assert_eq!(step.probe(&()).unwrap(), Probe::Needed, "{name}");
+    for p in [theirs, ours, blank] {
+        std::fs::remove_file(p).unwrap();
+    }
+}
+
 #[test]
 fn every_example_table_matches_disko() {
     let dir = examples_dir();
     let tmp = scratch();
+    let mut jobs: Vec<(String, usize, Found)> = Vec::new();
+    let mut examples = 0;
     let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -261,44 +288,27 @@ fn every_example_table_matches_disko() {
         })
         .collect();
     names.sort();
-    let (mut compared, mut examples) = (0, 0);
     for json_path in names {
         let name = json_path.file_stem().unwrap().to_string_lossy().into_owned();
         let json: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
-        let script = std::fs::read_to_string(dir.join(format!("{name}.create.sh"))).unwrap();
         let found = find_tables(&json);
-        if !found.is_empty() {
-            examples += 1;
-        }
-        for (i, f) in found.iter().enumerate() {
-            let theirs = tmp.path().join(format!("{name}-{i}-disko.img"));
-            let ours = tmp.path().join(format!("{name}-{i}-ours.img"));
-            sparse(&theirs, f.bytes);
-            sparse(&ours, f.bytes);
-            let commands = disko_table_commands(&script, &f.device);
-            assert!(!commands.is_empty(), "{name}: no table commands for {}", f.device);
-            if matches!(f.spec, TableSpec::Gpt(_)) {
-                sh(&format!("sgdisk --clear '{}' >/dev/null", theirs.display()));
-            }
-            let quoted = format!("\"{}\"", f.device);
-            for c in &commands {
-                sh(&format!("{} >/dev/null", c.replace(&quoted, &format!("'{}'", theirs.display()))));
-            }
-            write_ours(&ours, &f.spec);
-            let fixed = fixes_guids(&f.spec);
-            assert_eq!(table_of(&ours, fixed), table_of(&theirs, fixed), "{name}: {} differs from disko's", f.device);
-            if matches!(f.spec, TableSpec::Gpt(_)) {
-                assert_eq!(head(&ours), head(&theirs), "{name}: {}: the MBR differs from sgdisk's", f.device);
-            }
-            // The step's probe sees the table it wrote, and not disko's (other random GUIDs
-            // are fine, but a blank image is not).
-            let step = WriteTable { device: ours.clone(), spec: f.spec.clone() };
-            assert_eq!(step.probe(&()).unwrap(), Probe::Done, "{name}");
-            compared += 1;
-        }
+        examples += usize::from(!found.is_empty());
+        jobs.extend(found.into_iter().enumerate().map(|(i, f)| (name.clone(), i, f)));
     }
-    let _ = mbr_table;
-    // 35 of the 38 examples have a gpt or table (not: lvm/zfs-only ones); every one compared.
+    // sgdisk sleeps a second after each write: run the examples side by side.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some((name, i, f)) = jobs.get(k) else { break };
+                    compare_one(&dir, tmp.path(), name, *i, f);
+                }
+            });
+        }
+    });
+    // Every example but the ZFS/LVM-only ones has a gpt or table; each was compared.
     assert!(examples >= 30, "only {examples} examples with tables found");
-    eprintln!("compared {compared} tables from {examples} examples");
+    eprintln!("compared {} tables from {examples} examples", jobs.len());
 }
