@@ -238,13 +238,39 @@ fn scratch() -> tempfile::TempDir {
     if shm.is_dir() { tempfile::tempdir_in(shm).unwrap() } else { tempfile::tempdir().unwrap() }
 }
 
+/// A loop device over an image file, detached on drop.
+struct Loop(PathBuf);
+
+impl Loop {
+    fn new(image: &Path, sector_size: u64) -> Loop {
+        let dev = sh(&format!("losetup -b {sector_size} --show -f '{}'", image.display()));
+        Loop(PathBuf::from(dev.trim()))
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
 /// Runs disko's lines and ours for one table and compares them.
 fn compare_one(dir: &Path, tmp: &Path, name: &str, i: usize, f: &Found) {
+    compare_on(dir, tmp, name, i, f, None)
+}
+
+/// The same on image files, or (with a sector size) on loop devices over them.
+fn compare_on(dir: &Path, tmp: &Path, name: &str, i: usize, f: &Found, sector_size: Option<u64>) {
     let script = std::fs::read_to_string(dir.join(format!("{name}.create.sh"))).unwrap();
-    let theirs = tmp.join(format!("{name}-{i}-disko.img"));
-    let ours = tmp.join(format!("{name}-{i}-ours.img"));
-    sparse(&theirs, f.bytes);
-    sparse(&ours, f.bytes);
+    let theirs_img = tmp.join(format!("{name}-{i}-disko.img"));
+    let ours_img = tmp.join(format!("{name}-{i}-ours.img"));
+    sparse(&theirs_img, f.bytes);
+    sparse(&ours_img, f.bytes);
+    let loops = sector_size.map(|ss| (Loop::new(&theirs_img, ss), Loop::new(&ours_img, ss)));
+    let (theirs, ours) = match &loops {
+        Some((a, b)) => (a.0.clone(), b.0.clone()),
+        None => (theirs_img.clone(), ours_img.clone()),
+    };
     let commands = disko_table_commands(&script, &f.device);
     assert!(!commands.is_empty(), "{name}: no table commands for {}", f.device);
     if matches!(f.spec, TableSpec::Gpt(_)) {
@@ -268,9 +294,56 @@ fn compare_one(dir: &Path, tmp: &Path, name: &str, i: usize, f: &Found) {
     sparse(&blank, f.bytes);
     let step = WriteTable { device: blank.clone(), spec: f.spec.clone() };
     assert_eq!(step.probe(&()).unwrap(), Probe::Needed, "{name}");
-    for p in [theirs, ours, blank] {
+    drop(loops);
+    for p in [theirs_img, ours_img, blank] {
         std::fs::remove_file(p).unwrap();
     }
+}
+
+fn example(name: &str) -> Vec<Found> {
+    let path = examples_dir().join(format!("{name}.json"));
+    find_tables(&serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap())
+}
+
+#[test]
+fn four_k_sector_loop_devices_match_sgdisk_and_parted() {
+    let tmp = scratch();
+    for name in ["simple-efi", "swap", "gpt-bios-compat", "hybrid-mbr", "legacy-table", "negative-size"] {
+        for (i, f) in example(name).iter().enumerate() {
+            compare_on(&examples_dir(), tmp.path(), name, i, f, Some(4096));
+        }
+    }
+}
+
+fn sysfs_size(node: &Path) -> u64 {
+    let name = node.file_name().unwrap().to_string_lossy().into_owned();
+    let sectors: u64 = std::fs::read_to_string(format!("/sys/class/block/{name}/size")).unwrap().trim().parse().unwrap();
+    sectors * 512
+}
+
+#[test]
+fn blkpg_makes_the_partition_nodes_with_their_sizes() {
+    let tmp = scratch();
+    let img = tmp.path().join("blkpg.img");
+    sparse(&img, 2 << 30);
+    let lo = Loop::new(&img, 512);
+    // swap has four partitions; simple-efi two: writing one after the other must remove the
+    // kernel's stale partitions 3 and 4 and resize 2.
+    for name in ["swap", "simple-efi"] {
+        let f = &example(name)[0];
+        let planned = write_ours(&lo.0, &f.spec);
+        let wanted = planned.kernel_partitions();
+        let have = device::kernel_partitions(&lo.0).unwrap();
+        assert_eq!(have, wanted, "{name}");
+        for (n, _, len) in wanted {
+            let node = device::partition_node(&lo.0, n);
+            assert!(node.exists(), "{}", node.display());
+            assert_eq!(sysfs_size(&node), len, "{}", node.display());
+            let got = sh(&format!("blockdev --getsize64 '{}'", node.display()));
+            assert_eq!(got.trim().parse::<u64>().unwrap(), len);
+        }
+    }
+    assert!(!device::partition_node(&lo.0, 3).exists());
 }
 
 #[test]
