@@ -385,3 +385,121 @@ fn every_example_table_matches_disko() {
     assert!(examples >= 30, "only {examples} examples with tables found");
     eprintln!("compared {} tables from {examples} examples", jobs.len());
 }
+
+fn legacy(part_type: LegacyPartType, fs: Option<&str>, start: &str, end: &str, flags: &[&str], bootable: bool) -> LegacyPartition {
+    LegacyPartition {
+        number: 0,
+        part_type,
+        fs_type: fs.map(String::from),
+        name: None,
+        start: start.into(),
+        end: end.into(),
+        flags: flags.iter().map(|f| f.to_string()).collect(),
+        bootable,
+    }
+}
+
+/// Runs the parted lines disko would (with parted's own partition numbers for `set`) on one
+/// image, ours on another, and compares.
+fn compare_legacy(tmp: &Path, name: &str, bytes: u64, mut spec: LegacySpec) {
+    let (mut primary, mut logical) = (0, 4);
+    let mut numbers = Vec::new();
+    for (i, p) in spec.partitions.iter_mut().enumerate() {
+        p.number = i as u32 + 1;
+        if spec.format == LegacyFormat::Gpt {
+            numbers.push(i as u32 + 1);
+        } else if p.part_type == LegacyPartType::Logical {
+            logical += 1;
+            numbers.push(logical);
+        } else {
+            primary += 1;
+            numbers.push(primary);
+        }
+    }
+    let theirs = tmp.join(format!("{name}-parted.img"));
+    let ours = tmp.join(format!("{name}-ours.img"));
+    sparse(&theirs, bytes);
+    sparse(&ours, bytes);
+    let label = if spec.format == LegacyFormat::Gpt { "gpt" } else { "msdos" };
+    let parted = format!("parted -s '{}' --", theirs.display());
+    sh(&format!("{parted} mklabel {label}"));
+    for (p, n) in spec.partitions.iter().zip(&numbers) {
+        let what = match (spec.format, p.part_type) {
+            (LegacyFormat::Gpt, _) => format!("\"{}\"", p.name.clone().unwrap_or_default()),
+            (_, t) => format!("{t:?}").to_lowercase(),
+        };
+        sh(&format!("{parted} mkpart {what} {} {} {}", p.fs_type.clone().unwrap_or_default(), p.start, p.end));
+        if p.bootable {
+            sh(&format!("{parted} set {n} boot on"));
+        }
+        for f in &p.flags {
+            sh(&format!("{parted} set {n} {f} on"));
+        }
+    }
+    let spec = TableSpec::Legacy(spec);
+    write_ours(&ours, &spec);
+    assert_eq!(table_of(&ours, false), table_of(&theirs, false), "{name}");
+    let step = WriteTable { device: ours.clone(), spec };
+    assert_eq!(step.probe(&()).unwrap(), Probe::Done, "{name}");
+}
+
+#[test]
+fn legacy_msdos_tables_match_parted_with_an_ebr_past_four_gib() {
+    use LegacyPartType::*;
+    let tmp = scratch();
+    // stand-alone's table (its create script: mklabel msdos; mkpart primary 1M 100%; boot).
+    compare_legacy(
+        tmp.path(),
+        "stand-alone",
+        2 << 30,
+        LegacySpec { format: LegacyFormat::Msdos, partitions: vec![legacy(Primary, None, "1M", "100%", &[], true)] },
+    );
+    // Primaries, an extended one, logicals; the third logical and its EBR lie past 4 GiB.
+    compare_legacy(
+        tmp.path(),
+        "logical",
+        6 << 30,
+        LegacySpec {
+            format: LegacyFormat::Msdos,
+            partitions: vec![
+                legacy(Primary, Some("fat32"), "1M", "100MiB", &[], true),
+                legacy(Extended, None, "100MiB", "100%", &[], false),
+                legacy(Logical, None, "101MiB", "200M", &["lvm"], false),
+                legacy(Logical, None, "200M", "4400MiB", &[], false),
+                legacy(Logical, Some("linux-swap"), "4500MiB", "100%", &["raid"], false),
+            ],
+        },
+    );
+    let img = tmp.path().join("logical-ours.img");
+    let t = table_of(&img, false);
+    let last = t["partitions"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["number"], "7", "{t}");
+    assert!(last["start"].as_u64().unwrap() * 512 > 4 << 30, "the last logical partition lies past 4 GiB: {t}");
+}
+
+#[test]
+fn legacy_gpt_flags_and_fs_types_match_parted() {
+    use LegacyPartType::*;
+    let tmp = scratch();
+    let named = |name: &str, fs, start, end, flags: &[&str]| LegacyPartition {
+        name: Some(name.to_string()),
+        ..legacy(Primary, fs, start, end, flags, false)
+    };
+    compare_legacy(
+        tmp.path(),
+        "flags",
+        1 << 30,
+        LegacySpec {
+            format: LegacyFormat::Gpt,
+            partitions: vec![
+                named("a", None, "0%", "10M", &["bios_grub"]),
+                named("b", Some("linux-swap"), "10M", "20M", &[]),
+                named("c", Some("fat32"), "20M", "30MiB", &["lvm"]),
+                named("d", Some("ntfs"), "30MiB", "40M", &["raid"]),
+                named("e", None, "40M", "50M", &["legacy_boot"]),
+                named("f", None, "50M", "60M", &["hidden"]),
+                named("g\\x20h", None, "60M", "-1M", &["swap"]),
+            ],
+        },
+    );
+}
