@@ -186,7 +186,7 @@ fn disko_table_commands(script: &str, device: &str) -> Vec<String> {
 }
 
 /// `sfdisk --json`, reduced to what the comparison covers.
-fn table_of(path: &Path, fixed_guids: bool) -> Value {
+fn table_of(path: &Path, fixed_guids: &[u32]) -> Value {
     let j: Value = serde_json::from_str(&sh(&format!("sfdisk --json '{}'", path.display()))).unwrap();
     let t = &j["partitiontable"];
     let parts: Vec<Value> = t["partitions"]
@@ -200,7 +200,7 @@ fn table_of(path: &Path, fixed_guids: bool) -> Value {
                 "number": number, "start": p["start"], "size": p["size"], "type": p["type"],
                 "name": p["name"], "attrs": p["attrs"], "bootable": p["bootable"],
             });
-            if fixed_guids {
+            if fixed_guids.iter().any(|n| n.to_string() == number) {
                 o["uuid"] = p["uuid"].clone();
             }
             o
@@ -227,8 +227,12 @@ fn write_ours(path: &Path, spec: &TableSpec) -> table::PlannedTable {
     planned
 }
 
-fn fixes_guids(spec: &TableSpec) -> bool {
-    matches!(spec, TableSpec::Gpt(g) if g.partitions.iter().any(|p| p.guid.is_some()))
+/// The partitions whose GUID the layout fixes.
+fn fixed_guids(spec: &TableSpec) -> Vec<u32> {
+    match spec {
+        TableSpec::Gpt(g) => g.partitions.iter().filter(|p| p.guid.is_some()).map(|p| p.number).collect(),
+        TableSpec::Legacy(_) => Vec::new(),
+    }
 }
 
 /// Images on tmpfs where there is one: sgdisk syncs after each write, which on a shared disk
@@ -281,8 +285,8 @@ fn compare_on(dir: &Path, tmp: &Path, name: &str, i: usize, f: &Found, sector_si
         sh(&format!("{} >/dev/null", c.replace(&quoted, &format!("'{}'", theirs.display()))));
     }
     write_ours(&ours, &f.spec);
-    let fixed = fixes_guids(&f.spec);
-    assert_eq!(table_of(&ours, fixed), table_of(&theirs, fixed), "{name}: {} differs from disko's", f.device);
+    let fixed = fixed_guids(&f.spec);
+    assert_eq!(table_of(&ours, &fixed), table_of(&theirs, &fixed), "{name}: {} differs from disko's", f.device);
     if matches!(f.spec, TableSpec::Gpt(_)) {
         assert_eq!(head(&ours), head(&theirs), "{name}: {}: the MBR differs from sgdisk's", f.device);
     }
@@ -438,7 +442,7 @@ fn compare_legacy(tmp: &Path, name: &str, bytes: u64, mut spec: LegacySpec) {
     }
     let spec = TableSpec::Legacy(spec);
     write_ours(&ours, &spec);
-    assert_eq!(table_of(&ours, false), table_of(&theirs, false), "{name}");
+    assert_eq!(table_of(&ours, &[]), table_of(&theirs, &[]), "{name}");
     let step = WriteTable { device: ours.clone(), spec };
     assert_eq!(step.probe(&()).unwrap(), Probe::Done, "{name}");
 }
@@ -471,7 +475,7 @@ fn legacy_msdos_tables_match_parted_with_an_ebr_past_four_gib() {
         },
     );
     let img = tmp.path().join("logical-ours.img");
-    let t = table_of(&img, false);
+    let t = table_of(&img, &[]);
     let last = t["partitions"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["number"], "7", "{t}");
     assert!(last["start"].as_u64().unwrap() * 512 > 4 << 30, "the last logical partition lies past 4 GiB: {t}");
@@ -502,4 +506,101 @@ fn legacy_gpt_flags_and_fs_types_match_parted() {
             ],
         },
     );
+}
+
+/// disko's sgdisk line for a partition (format mode, first try).
+fn disko_sgdisk_line(p: &GptPartition, dev: &Path) -> String {
+    let mut line = String::from("sgdisk --align-end ");
+    if p.alignment > 0 {
+        line += &format!("--set-alignment={} ", p.alignment);
+    }
+    let n = p.number;
+    line += &format!(
+        "--new={n}:{}:{} --partition-guid=\"{n}:{}\" --change-name=\"{n}:{}\" --typecode={n}:{} --attributes={n}:=:0 ",
+        p.start,
+        p.end,
+        p.guid.as_deref().unwrap_or("R"),
+        p.label,
+        p.type_code
+    );
+    for b in &p.attributes {
+        line += &format!("--attributes={n}:set:{b} ");
+    }
+    line + &format!("'{}' >/dev/null", dev.display())
+}
+
+#[test]
+fn sgdisk_alignment_attributes_sectors_and_fixed_guids_match() {
+    let tmp = scratch();
+    let part = |number, start: &str, end: &str, alignment, attributes: Vec<u8>, guid: Option<&str>| GptPartition {
+        number,
+        label: format!("disk-x-p{number}"),
+        type_code: if number == 2 { "EF02".into() } else { "8300".into() },
+        start: start.into(),
+        end: end.into(),
+        alignment,
+        guid: guid.map(String::from),
+        attributes,
+    };
+    let cases: Vec<(&str, u64, Vec<GptPartition>)> = vec![
+        (
+            "sectors",
+            1 << 30,
+            vec![
+                part(2, "34s", "2047s", 1, vec![], None),
+                part(1, "0", "+100M", 0, vec![0, 2, 63], Some("f0f0f0f0-f0f0-f0f0-f0f0-f0f0f0f0f0f0")),
+                part(3, "0", "-10M", 0, vec![60], None),
+                part(4, "0", "+0", 0, vec![], None),
+            ],
+        ),
+        (
+            "odd-alignment",
+            512 << 20,
+            vec![
+                part(1, "100", "+1000", 7, vec![], None),
+                part(2, "0", "+1M", 0, vec![], None),
+                part(3, "10M", "20M", 0, vec![], None),
+                part(4, "0", "-0", 0, vec![], None),
+            ],
+        ),
+    ];
+    for (name, bytes, partitions) in cases {
+        let theirs = tmp.path().join(format!("{name}-sgdisk.img"));
+        let ours = tmp.path().join(format!("{name}-ours.img"));
+        sparse(&theirs, bytes);
+        sparse(&ours, bytes);
+        sh(&format!("sgdisk --clear '{}' >/dev/null", theirs.display()));
+        for p in &partitions {
+            sh(&disko_sgdisk_line(p, &theirs));
+        }
+        let spec = TableSpec::Gpt(GptSpec { partitions, hybrid: None });
+        write_ours(&ours, &spec);
+        let fixed = fixed_guids(&spec);
+        assert_eq!(table_of(&ours, &fixed), table_of(&theirs, &fixed), "{name}");
+    }
+}
+
+#[test]
+fn a_table_that_does_not_fit_is_refused_before_a_byte_is_written() {
+    let tmp = scratch();
+    let img = tmp.path().join("small.img");
+    sparse(&img, 64 << 20);
+    let spec = TableSpec::Gpt(GptSpec {
+        partitions: vec![GptPartition {
+            number: 1,
+            label: "disk-main-root".into(),
+            type_code: "8300".into(),
+            start: "0".into(),
+            end: "+1G".into(),
+            alignment: 0,
+            guid: None,
+            attributes: vec![],
+        }],
+        hybrid: None,
+    });
+    let step = WriteTable { device: img.clone(), spec };
+    let e = step.execute(&mut ()).unwrap_err().to_string();
+    assert!(e.contains("partition 1 (disk-main-root) does not fit"), "{e}");
+    let data = std::fs::read(&img).unwrap();
+    assert!(data.iter().all(|&b| b == 0), "nothing was written");
 }
