@@ -32,7 +32,11 @@ fn examples_dir() -> PathBuf {
 }
 
 fn sh(cmd: &str) -> String {
-    let out = Command::new("bash").arg("-c").arg(cmd).output().expect("bash runs");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("bash runs");
     assert!(
         out.status.success(),
         "`{cmd}` failed: {}\n{}",
@@ -67,7 +71,9 @@ struct Found {
 }
 
 fn s(v: &Value, k: &str) -> String {
-    v[k].as_str().unwrap_or_else(|| panic!("{k} in {v}")).to_string()
+    v[k].as_str()
+        .unwrap_or_else(|| panic!("{k} in {v}"))
+        .to_string()
 }
 
 /// The test-side conversion from disko's evaluated JSON (the layout planner replaces it).
@@ -129,7 +135,12 @@ fn to_spec(content: &Value) -> Option<TableSpec> {
                     name: p["name"].as_str().map(table::write::udev_escape),
                     start: s(p, "start"),
                     end: s(p, "end"),
-                    flags: p["flags"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect(),
+                    flags: p["flags"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|f| f.as_str().unwrap().to_string())
+                        .collect(),
                     bootable: p["bootable"].as_bool().unwrap(),
                 })
                 .collect();
@@ -142,12 +153,22 @@ fn to_spec(content: &Value) -> Option<TableSpec> {
 fn find_tables(json: &Value) -> Vec<Found> {
     let mut out = Vec::new();
     for (section, default_size) in [("disk", None), ("mdadm", Some(2u64 << 30))] {
-        let Some(nodes) = json[section].as_object() else { continue };
+        let Some(nodes) = json[section].as_object() else {
+            continue;
+        };
         for node in nodes.values() {
             let content = &node["content"];
             if let Some(spec) = to_spec(content) {
-                let bytes = node["imageSize"].as_str().map(size_bytes).or(default_size).unwrap();
-                out.push(Found { device: s(content, "device"), spec, bytes });
+                let bytes = node["imageSize"]
+                    .as_str()
+                    .map(size_bytes)
+                    .or(default_size)
+                    .unwrap();
+                out.push(Found {
+                    device: s(content, "device"),
+                    spec,
+                    bytes,
+                });
             }
         }
     }
@@ -187,7 +208,8 @@ fn disko_table_commands(script: &str, device: &str) -> Vec<String> {
 
 /// `sfdisk --json`, reduced to what the comparison covers.
 fn table_of(path: &Path, fixed_guids: &[u32]) -> Value {
-    let j: Value = serde_json::from_str(&sh(&format!("sfdisk --json '{}'", path.display()))).unwrap();
+    let j: Value =
+        serde_json::from_str(&sh(&format!("sfdisk --json '{}'", path.display()))).unwrap();
     let t = &j["partitiontable"];
     let parts: Vec<Value> = t["partitions"]
         .as_array()
@@ -195,7 +217,14 @@ fn table_of(path: &Path, fixed_guids: &[u32]) -> Value {
         .iter()
         .map(|p| {
             let node = p["node"].as_str().unwrap();
-            let number: String = node.chars().rev().take_while(char::is_ascii_digit).collect::<String>().chars().rev().collect();
+            let number: String = node
+                .chars()
+                .rev()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect();
             let mut o = serde_json::json!({
                 "number": number, "start": p["start"], "size": p["size"], "type": p["type"],
                 "name": p["name"], "attrs": p["attrs"], "bootable": p["bootable"],
@@ -215,7 +244,10 @@ fn table_of(path: &Path, fixed_guids: &[u32]) -> Value {
 fn head(path: &Path) -> Vec<u8> {
     use std::io::Read;
     let mut b = vec![0; 512];
-    std::fs::File::open(path).unwrap().read_exact(&mut b).unwrap();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
     b[446..512].to_vec()
 }
 
@@ -230,7 +262,12 @@ fn write_ours(path: &Path, spec: &TableSpec) -> table::PlannedTable {
 /// The partitions whose GUID the layout fixes.
 fn fixed_guids(spec: &TableSpec) -> Vec<u32> {
     match spec {
-        TableSpec::Gpt(g) => g.partitions.iter().filter(|p| p.guid.is_some()).map(|p| p.number).collect(),
+        TableSpec::Gpt(g) => g
+            .partitions
+            .iter()
+            .filter(|p| p.guid.is_some())
+            .map(|p| p.number)
+            .collect(),
         TableSpec::Legacy(_) => Vec::new(),
     }
 }
@@ -239,7 +276,11 @@ fn fixed_guids(spec: &TableSpec) -> Vec<u32> {
 /// flushes everyone's dirty pages.
 fn scratch() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
-    if shm.is_dir() { tempfile::tempdir_in(shm).unwrap() } else { tempfile::tempdir().unwrap() }
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    }
 }
 
 /// A loop device over an image file, detached on drop.
@@ -247,7 +288,10 @@ struct Loop(PathBuf);
 
 impl Loop {
     fn new(image: &Path, sector_size: u64) -> Loop {
-        let dev = sh(&format!("losetup -b {sector_size} --show -f '{}'", image.display()));
+        let dev = sh(&format!(
+            "losetup -b {sector_size} --show -f '{}'",
+            image.display()
+        ));
         Loop(PathBuf::from(dev.trim()))
     }
 }
@@ -276,27 +320,50 @@ fn compare_on(dir: &Path, tmp: &Path, name: &str, i: usize, f: &Found, sector_si
         None => (theirs_img.clone(), ours_img.clone()),
     };
     let commands = disko_table_commands(&script, &f.device);
-    assert!(!commands.is_empty(), "{name}: no table commands for {}", f.device);
+    assert!(
+        !commands.is_empty(),
+        "{name}: no table commands for {}",
+        f.device
+    );
     if matches!(f.spec, TableSpec::Gpt(_)) {
         sh(&format!("sgdisk --clear '{}' >/dev/null", theirs.display()));
     }
     let quoted = format!("\"{}\"", f.device);
     for c in &commands {
-        sh(&format!("{} >/dev/null", c.replace(&quoted, &format!("'{}'", theirs.display()))));
+        sh(&format!(
+            "{} >/dev/null",
+            c.replace(&quoted, &format!("'{}'", theirs.display()))
+        ));
     }
     write_ours(&ours, &f.spec);
     let fixed = fixed_guids(&f.spec);
-    assert_eq!(table_of(&ours, &fixed), table_of(&theirs, &fixed), "{name}: {} differs from disko's", f.device);
+    assert_eq!(
+        table_of(&ours, &fixed),
+        table_of(&theirs, &fixed),
+        "{name}: {} differs from disko's",
+        f.device
+    );
     if matches!(f.spec, TableSpec::Gpt(_)) {
-        assert_eq!(head(&ours), head(&theirs), "{name}: {}: the MBR differs from sgdisk's", f.device);
+        assert_eq!(
+            head(&ours),
+            head(&theirs),
+            "{name}: {}: the MBR differs from sgdisk's",
+            f.device
+        );
     }
     // The step's probe sees the table it wrote.
-    let step = WriteTable { device: ours.clone(), spec: f.spec.clone() };
+    let step = WriteTable {
+        device: ours.clone(),
+        spec: f.spec.clone(),
+    };
     assert_eq!(step.probe(&()).unwrap(), Probe::Done, "{name}");
     // ... and not on a blank image.
     let blank = tmp.join(format!("{name}-{i}-blank.img"));
     sparse(&blank, f.bytes);
-    let step = WriteTable { device: blank.clone(), spec: f.spec.clone() };
+    let step = WriteTable {
+        device: blank.clone(),
+        spec: f.spec.clone(),
+    };
     assert_eq!(step.probe(&()).unwrap(), Probe::Needed, "{name}");
     drop(loops);
     for p in [theirs_img, ours_img, blank] {
@@ -312,7 +379,14 @@ fn example(name: &str) -> Vec<Found> {
 #[test]
 fn four_k_sector_loop_devices_match_sgdisk_and_parted() {
     let tmp = scratch();
-    for name in ["simple-efi", "swap", "gpt-bios-compat", "hybrid-mbr", "legacy-table", "negative-size"] {
+    for name in [
+        "simple-efi",
+        "swap",
+        "gpt-bios-compat",
+        "hybrid-mbr",
+        "legacy-table",
+        "negative-size",
+    ] {
         for (i, f) in example(name).iter().enumerate() {
             compare_on(&examples_dir(), tmp.path(), name, i, f, Some(4096));
         }
@@ -321,7 +395,11 @@ fn four_k_sector_loop_devices_match_sgdisk_and_parted() {
 
 fn sysfs_size(node: &Path) -> u64 {
     let name = node.file_name().unwrap().to_string_lossy().into_owned();
-    let sectors: u64 = std::fs::read_to_string(format!("/sys/class/block/{name}/size")).unwrap().trim().parse().unwrap();
+    let sectors: u64 = std::fs::read_to_string(format!("/sys/class/block/{name}/size"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     sectors * 512
 }
 
@@ -366,11 +444,21 @@ fn every_example_table_matches_disko() {
         .collect();
     names.sort();
     for json_path in names {
-        let name = json_path.file_stem().unwrap().to_string_lossy().into_owned();
-        let json: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+        let name = json_path
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
         let found = find_tables(&json);
         examples += usize::from(!found.is_empty());
-        jobs.extend(found.into_iter().enumerate().map(|(i, f)| (name.clone(), i, f)));
+        jobs.extend(
+            found
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| (name.clone(), i, f)),
+        );
     }
     // sgdisk sleeps a second after each write: run the examples side by side.
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -379,7 +467,9 @@ fn every_example_table_matches_disko() {
             scope.spawn(|| {
                 loop {
                     let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let Some((name, i, f)) = jobs.get(k) else { break };
+                    let Some((name, i, f)) = jobs.get(k) else {
+                        break;
+                    };
                     compare_one(&dir, tmp.path(), name, *i, f);
                 }
             });
@@ -390,7 +480,14 @@ fn every_example_table_matches_disko() {
     eprintln!("compared {} tables from {examples} examples", jobs.len());
 }
 
-fn legacy(part_type: LegacyPartType, fs: Option<&str>, start: &str, end: &str, flags: &[&str], bootable: bool) -> LegacyPartition {
+fn legacy(
+    part_type: LegacyPartType,
+    fs: Option<&str>,
+    start: &str,
+    end: &str,
+    flags: &[&str],
+    bootable: bool,
+) -> LegacyPartition {
     LegacyPartition {
         number: 0,
         part_type,
@@ -424,7 +521,11 @@ fn compare_legacy(tmp: &Path, name: &str, bytes: u64, mut spec: LegacySpec) {
     let ours = tmp.join(format!("{name}-ours.img"));
     sparse(&theirs, bytes);
     sparse(&ours, bytes);
-    let label = if spec.format == LegacyFormat::Gpt { "gpt" } else { "msdos" };
+    let label = if spec.format == LegacyFormat::Gpt {
+        "gpt"
+    } else {
+        "msdos"
+    };
     let parted = format!("parted -s '{}' --", theirs.display());
     sh(&format!("{parted} mklabel {label}"));
     for (p, n) in spec.partitions.iter().zip(&numbers) {
@@ -432,7 +533,12 @@ fn compare_legacy(tmp: &Path, name: &str, bytes: u64, mut spec: LegacySpec) {
             (LegacyFormat::Gpt, _) => format!("\"{}\"", p.name.clone().unwrap_or_default()),
             (_, t) => format!("{t:?}").to_lowercase(),
         };
-        sh(&format!("{parted} mkpart {what} {} {} {}", p.fs_type.clone().unwrap_or_default(), p.start, p.end));
+        sh(&format!(
+            "{parted} mkpart {what} {} {} {}",
+            p.fs_type.clone().unwrap_or_default(),
+            p.start,
+            p.end
+        ));
         if p.bootable {
             sh(&format!("{parted} set {n} boot on"));
         }
@@ -443,7 +549,10 @@ fn compare_legacy(tmp: &Path, name: &str, bytes: u64, mut spec: LegacySpec) {
     let spec = TableSpec::Legacy(spec);
     write_ours(&ours, &spec);
     assert_eq!(table_of(&ours, &[]), table_of(&theirs, &[]), "{name}");
-    let step = WriteTable { device: ours.clone(), spec };
+    let step = WriteTable {
+        device: ours.clone(),
+        spec,
+    };
     assert_eq!(step.probe(&()).unwrap(), Probe::Done, "{name}");
 }
 
@@ -456,7 +565,10 @@ fn legacy_msdos_tables_match_parted_with_an_ebr_past_four_gib() {
         tmp.path(),
         "stand-alone",
         2 << 30,
-        LegacySpec { format: LegacyFormat::Msdos, partitions: vec![legacy(Primary, None, "1M", "100%", &[], true)] },
+        LegacySpec {
+            format: LegacyFormat::Msdos,
+            partitions: vec![legacy(Primary, None, "1M", "100%", &[], true)],
+        },
     );
     // Primaries, an extended one, logicals; the third logical and its EBR lie past 4 GiB.
     compare_legacy(
@@ -470,7 +582,14 @@ fn legacy_msdos_tables_match_parted_with_an_ebr_past_four_gib() {
                 legacy(Extended, None, "100MiB", "100%", &[], false),
                 legacy(Logical, None, "101MiB", "200M", &["lvm"], false),
                 legacy(Logical, None, "200M", "4400MiB", &[], false),
-                legacy(Logical, Some("linux-swap"), "4500MiB", "100%", &["raid"], false),
+                legacy(
+                    Logical,
+                    Some("linux-swap"),
+                    "4500MiB",
+                    "100%",
+                    &["raid"],
+                    false,
+                ),
             ],
         },
     );
@@ -478,7 +597,10 @@ fn legacy_msdos_tables_match_parted_with_an_ebr_past_four_gib() {
     let t = table_of(&img, &[]);
     let last = t["partitions"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["number"], "7", "{t}");
-    assert!(last["start"].as_u64().unwrap() * 512 > 4 << 30, "the last logical partition lies past 4 GiB: {t}");
+    assert!(
+        last["start"].as_u64().unwrap() * 512 > 4 << 30,
+        "the last logical partition lies past 4 GiB: {t}"
+    );
 }
 
 #[test]
@@ -532,23 +654,37 @@ fn disko_sgdisk_line(p: &GptPartition, dev: &Path) -> String {
 #[test]
 fn sgdisk_alignment_attributes_sectors_and_fixed_guids_match() {
     let tmp = scratch();
-    let part = |number, start: &str, end: &str, alignment, attributes: Vec<u8>, guid: Option<&str>| GptPartition {
-        number,
-        label: format!("disk-x-p{number}"),
-        type_code: if number == 2 { "EF02".into() } else { "8300".into() },
-        start: start.into(),
-        end: end.into(),
-        alignment,
-        guid: guid.map(String::from),
-        attributes,
-    };
+    let part =
+        |number, start: &str, end: &str, alignment, attributes: Vec<u8>, guid: Option<&str>| {
+            GptPartition {
+                number,
+                label: format!("disk-x-p{number}"),
+                type_code: if number == 2 {
+                    "EF02".into()
+                } else {
+                    "8300".into()
+                },
+                start: start.into(),
+                end: end.into(),
+                alignment,
+                guid: guid.map(String::from),
+                attributes,
+            }
+        };
     let cases: Vec<(&str, u64, Vec<GptPartition>)> = vec![
         (
             "sectors",
             1 << 30,
             vec![
                 part(2, "34s", "2047s", 1, vec![], None),
-                part(1, "0", "+100M", 0, vec![0, 2, 63], Some("f0f0f0f0-f0f0-f0f0-f0f0-f0f0f0f0f0f0")),
+                part(
+                    1,
+                    "0",
+                    "+100M",
+                    0,
+                    vec![0, 2, 63],
+                    Some("f0f0f0f0-f0f0-f0f0-f0f0-f0f0f0f0f0f0"),
+                ),
                 part(3, "0", "-10M", 0, vec![60], None),
                 part(4, "0", "+0", 0, vec![], None),
             ],
@@ -573,7 +709,10 @@ fn sgdisk_alignment_attributes_sectors_and_fixed_guids_match() {
         for p in &partitions {
             sh(&disko_sgdisk_line(p, &theirs));
         }
-        let spec = TableSpec::Gpt(GptSpec { partitions, hybrid: None });
+        let spec = TableSpec::Gpt(GptSpec {
+            partitions,
+            hybrid: None,
+        });
         write_ours(&ours, &spec);
         let fixed = fixed_guids(&spec);
         assert_eq!(table_of(&ours, &fixed), table_of(&theirs, &fixed), "{name}");
@@ -598,9 +737,15 @@ fn a_table_that_does_not_fit_is_refused_before_a_byte_is_written() {
         }],
         hybrid: None,
     });
-    let step = WriteTable { device: img.clone(), spec };
+    let step = WriteTable {
+        device: img.clone(),
+        spec,
+    };
     let e = step.execute(&mut ()).unwrap_err().to_string();
-    assert!(e.contains("partition 1 (disk-main-root) does not fit"), "{e}");
+    assert!(
+        e.contains("partition 1 (disk-main-root) does not fit"),
+        "{e}"
+    );
     let data = std::fs::read(&img).unwrap();
     assert!(data.iter().all(|&b| b == 0), "nothing was written");
 }

@@ -6,3 +6,4 @@ pub mod table;
 
 pub mod blkpg;
 pub mod device;
+pub mod fat;

@@ -334,7 +334,10 @@ mod tests {
         assert_eq!(parse("100%", 4_194_304, 512).unwrap().sector, 4_194_303);
         assert!(parse("0.5M", 4_194_304, 512).is_none());
         // 100% on GPT: the aligned end nearest the device end that is still usable.
-        assert_eq!(align_nearest(4_194_303, 4_173_332, 4_194_270, 2048, 2047), Some(4_192_255));
+        assert_eq!(
+            align_nearest(4_194_303, 4_173_332, 4_194_270, 2048, 2047),
+            Some(4_192_255)
+        );
         assert!(parse("12furlongs", 4_194_304, 512).is_none());
     }
 
