@@ -93,7 +93,7 @@ impl Layout {
     /// to the later one if that is free back to the sector. Returns whether it moved.
     fn align(&self, sector: &mut u64) -> bool {
         let a = self.alignment;
-        if *sector % a == 0 {
+        if sector.is_multiple_of(a) {
             return false;
         }
         let earlier = *sector / a * a;
