@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use generate::{CASES, Case};
-use nix_oracle::{BIN, assert_verifies, nix, nix_store, output, run, snapshot};
+use nix_oracle::{BIN, assert_verifies, nix, nix_store, run, snapshot};
 use nixos_anywhere_rs::nar::hash::nix32_encode;
 use nixos_anywhere_rs::nar::{self, Canonical, NarError, NarReader, RestoreError};
 use nixos_anywhere_rs::store::{NarHash, PathInfo, StoreError, StorePath, StoreRoot};

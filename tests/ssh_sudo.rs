@@ -10,10 +10,11 @@ mod support;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
-use nix_oracle::{BIN, closure, path_infos};
+use nix_oracle::{BIN, assert_verifies, closure, path_infos};
+use nixos_anywhere_rs::run::copy::{self, CopyRequest, Destination};
 use nixos_anywhere_rs::ssh::{HostKeyPin, Password, Session, SshError, SshOptions, Target};
 use nixos_anywhere_rs::store::{StorePath, query_closure};
-use nixos_anywhere_rs::stream::Compression;
+use nixos_anywhere_rs::transfer::Compression;
 use support::sshd::{SUDO_USER, Sshd};
 
 const PASSWORD: &str = "sudo-me-up";
@@ -64,20 +65,18 @@ async fn a_sudo_user_runs_the_agent_as_root_and_copies_into_a_root_owned_directo
     std::fs::create_dir(&root).unwrap();
     let top = closure("small");
     let closure = query_closure(&[StorePath::parse(&top).unwrap()]).unwrap();
-    nixos_anywhere_rs::copy::copy_over_ssh(closure, &target, &opts, &root, Compression::Auto)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let verify = Command::new("nix-store")
-        .args(["--option", "build-users-group", ""])
-        .args(["--verify", "--check-contents", "--store"])
-        .arg(&root)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&verify.stderr);
-    assert!(
-        verify.status.success() && !stderr.contains("error"),
-        "{stderr}"
-    );
+    let request = CopyRequest {
+        destination: Destination::Ssh {
+            target: target.clone(),
+            opts: Box::new(opts),
+        },
+        root: root.clone(),
+        closure,
+        compression: Compression::Auto,
+        dry_run: false,
+    };
+    copy::run(request).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_verifies(&root);
     assert_eq!(path_infos(&top, Some(&root)), path_infos(&top, None));
     let db = std::fs::metadata(root.join("nix/var/nix/db/db.sqlite")).unwrap();
     assert_eq!(db.uid(), 0);

@@ -2,7 +2,10 @@
 //! then executed on block devices (partition tables natively, file systems and device-mapper
 //! layers with the installer's own tools).
 
+pub mod blkpg;
+pub mod device;
 pub mod facts;
+pub mod fat;
 pub mod layout;
 pub mod names;
 pub mod order;
