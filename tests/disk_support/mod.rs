@@ -117,7 +117,9 @@ pub fn to_spec(content: &Value) -> Option<TableSpec> {
                     },
                     fs_type: p["fs-type"].as_str().map(String::from),
                     // disko passes the udev-escaped name to parted, which stores it as text.
-                    name: p["name"].as_str().map(table::write::udev_escape),
+                    name: p["name"]
+                        .as_str()
+                        .map(nixos_anywhere_rs::disk::names::udev_escape),
                     start: s(p, "start"),
                     end: s(p, "end"),
                     flags: p["flags"]

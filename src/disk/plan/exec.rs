@@ -10,7 +10,9 @@ use super::release;
 use super::step::{DiskStep, Key};
 use crate::disk::layout::Dev;
 use crate::disk::names;
-use crate::disk::table::spec::{LegacyFormat, LegacyPartType, TableSpec};
+use crate::disk::table::error::TableError;
+use crate::disk::table::spec::{LegacyPartType, TableSpec};
+use crate::disk::table::write::WriteTable;
 use crate::exec::{Cmd, CmdError};
 use crate::plan::{Probe, Step};
 
@@ -36,6 +38,8 @@ impl Default for DiskEnv {
 pub enum ExecError {
     #[error(transparent)]
     Cmd(#[from] CmdError),
+    #[error(transparent)]
+    Table(#[from] TableError),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -210,7 +214,9 @@ impl Step for DiskStep {
             DiskStep::Wipe { .. } | DiskStep::LuksAddKey { .. } | DiskStep::Modprobe { .. } => {
                 Probe::Needed
             }
-            DiskStep::WriteTable { device, spec } => table_present(&env.node(device)?, spec)?,
+            DiskStep::WriteTable { device, spec } => {
+                native_table(&env.node(device)?, spec).probe(&())?
+            }
             DiskStep::Mkfs { device, .. }
             | DiskStep::Mkswap { device, .. }
             | DiskStep::PvCreate { device } => done_if(has_type(&env.node(device)?)),
@@ -276,7 +282,7 @@ impl Step for DiskStep {
             DiskStep::Wipe { device } => wipe(device),
             DiskStep::WriteTable { device, spec } => {
                 let node = env.node(device)?;
-                super::table_tools::write(&node, spec)?;
+                native_table(&node, spec).execute(&mut ())?;
                 for n in spec_numbers(spec) {
                     env.node(&Dev {
                         path: String::new(),
@@ -392,44 +398,13 @@ fn spec_numbers(spec: &TableSpec) -> Vec<u32> {
 /// disko's "is the table there": for GPT every planned partition exists with its name (sgdisk
 /// `--new` would fail on each), for a legacy table the disk is not blank (disko writes it only
 /// to a blank disk).
-fn table_present(node: &str, spec: &TableSpec) -> Result<Probe, ExecError> {
-    let out = match Cmd::new("sfdisk").arg("--json").arg(node).output() {
-        Ok(o) => o,
-        Err(_) => return Ok(Probe::Needed),
-    };
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
-    let parts = v["partitiontable"]["partitions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let label = v["partitiontable"]["label"].as_str().unwrap_or("");
-    let number = |p: &serde_json::Value| {
-        let name = p["node"].as_str().unwrap_or("");
-        let digits: String = name
-            .chars()
-            .rev()
-            .take_while(|c| c.is_ascii_digit())
-            .collect();
-        digits.chars().rev().collect::<String>().parse::<u32>().ok()
-    };
-    Ok(match spec {
-        TableSpec::Gpt(g) => done_if(
-            label == "gpt"
-                && g.partitions.iter().all(|want| {
-                    parts.iter().any(|p| {
-                        number(p) == Some(want.number) && p["name"].as_str() == Some(&want.label)
-                    })
-                }),
-        ),
-        TableSpec::Legacy(l) => done_if(
-            label
-                == match l.format {
-                    LegacyFormat::Gpt => "gpt",
-                    LegacyFormat::Msdos => "dos",
-                }
-                && !parts.is_empty(),
-        ),
-    })
+/// The native writer's step for `spec` on the kernel's node: it probes by reading the table
+/// back, and writes the whole table in one pass, then BLKPG.
+fn native_table(node: &str, spec: &TableSpec) -> WriteTable {
+    WriteTable {
+        device: node.into(),
+        spec: spec.clone(),
+    }
 }
 
 fn wipe(device: &str) -> Result<(), ExecError> {

@@ -1,20 +1,8 @@
-//! Writing a [`TableSpec`] with the tools disko itself runs (sgdisk, parted, sfdisk), with its
-//! exact arguments, then telling the kernel with BLKPG (`partx`), which works where the kernel
-//! has no partition parser (loop devices). This is the bridge until the native writers in
-//! `disk::table` land; the plan's data does not change when they replace it.
+//! The command lines disko itself would run for a [`TableSpec`] (sgdisk, parted): the tests hold
+//! them against disko's own scripts, so that the spec the plan hands the native writers
+//! (`disk::table`) says exactly what disko's layout says.
 
-use super::exec::ExecError;
-use crate::disk::table::spec::{GptSpec, LegacyFormat, LegacyPartType, LegacySpec, TableSpec};
-use crate::exec::Cmd;
-
-pub fn write(node: &str, spec: &TableSpec) -> Result<(), ExecError> {
-    match spec {
-        TableSpec::Gpt(g) => gpt(node, g)?,
-        TableSpec::Legacy(l) => legacy(node, l)?,
-    }
-    tell_kernel(node);
-    Ok(())
-}
+use crate::disk::table::spec::{GptSpec, LegacyFormat, LegacyPartType, LegacySpec};
 
 /// The per-partition sgdisk arguments disko passes (its `--new` branch and its re-label branch).
 pub fn sgdisk_new_args(spec: &GptSpec) -> Vec<(Vec<String>, Vec<String>)> {
@@ -58,37 +46,6 @@ pub fn hybrid_arg(spec: &GptSpec) -> Option<String> {
         arg.push_str(":EE");
     }
     Some(arg)
-}
-
-fn gpt(node: &str, spec: &GptSpec) -> Result<(), ExecError> {
-    if Cmd::new("blkid").arg(node).run().is_err() {
-        Cmd::new("sgdisk").arg("--clear").arg(node).run()?;
-    }
-    for (new, relabel) in sgdisk_new_args(spec) {
-        if Cmd::new("sgdisk").args(&new).arg(node).run().is_err() {
-            // Already there: only re-label, as disko does.
-            Cmd::new("sgdisk").args(&relabel).arg(node).run()?;
-        }
-    }
-    if let Some(arg) = hybrid_arg(spec) {
-        Cmd::new("sgdisk").arg("-h").arg(arg).arg(node).run()?;
-        for p in &spec.hybrid.as_ref().expect("hybrid").partitions {
-            if let Some(t) = &p.mbr_type {
-                Cmd::new("sfdisk")
-                    .args(["--label-nested", "dos", "--part-type", node])
-                    .arg(p.number.to_string())
-                    .arg(t)
-                    .run()?;
-            }
-            if p.bootable {
-                Cmd::new("sfdisk")
-                    .args(["--label-nested", "dos", "--activate", node])
-                    .arg(p.number.to_string())
-                    .run()?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// parted's arguments for a legacy table, as disko runs them (`parted -s DEV -- ...`).
@@ -136,20 +93,4 @@ pub fn parted_commands(spec: &LegacySpec) -> Vec<Vec<String>> {
         }
     }
     out
-}
-
-fn legacy(node: &str, spec: &LegacySpec) -> Result<(), ExecError> {
-    for args in parted_commands(spec) {
-        Cmd::new("parted")
-            .args(["-s", node, "--"])
-            .args(&args)
-            .run()?;
-    }
-    Ok(())
-}
-
-/// BLKPG through `partx`: add the partitions the kernel lacks, update the ones it has.
-fn tell_kernel(node: &str) {
-    let _ = Cmd::new("partx").arg("-a").arg(node).run();
-    let _ = Cmd::new("partx").arg("-u").arg(node).run();
 }

@@ -16,6 +16,7 @@ use super::parted;
 use super::region::Regions;
 use super::spec::{LegacyFormat, LegacyPartType, LegacyPartition, LegacySpec, TableSpec};
 use crate::disk::device::{self, Geometry};
+use crate::disk::names;
 use crate::plan::{Probe, Step};
 
 /// A table with every sector, GUID and byte decided.
@@ -255,25 +256,15 @@ impl PlannedTable {
         }
         let nodes = device::sync_partitions(path, file, &self.kernel_partitions(), deadline)?;
         if let PlannedTable::Gpt(t) = self {
-            let labels: Vec<String> = t.entries.iter().map(|e| udev_escape(&e.name)).collect();
+            let labels: Vec<String> = t
+                .entries
+                .iter()
+                .map(|e| names::udev_escape(&e.name))
+                .collect();
             device::wait_for_partlabels(&labels, deadline)?;
         }
         Ok(nodes)
     }
-}
-
-/// disko's `hexEscapeUdevSymlink`: bytes outside `[0-9A-Za-z#+-.:=@_/]` (a range `+-.`, so `,`
-/// too) become `\xHH`, uppercase, byte by byte.
-pub fn udev_escape(name: &str) -> String {
-    let mut out = String::new();
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"#:=@_/".contains(&b) || (0x2b..=0x2e).contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("\\x{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The plan step that lays a table on a device.
@@ -396,9 +387,9 @@ mod tests {
     #[test]
     fn escapes_like_disko() {
         assert_eq!(
-            udev_escape("disk-vdb-name with spaces"),
+            names::udev_escape("disk-vdb-name with spaces"),
             "disk-vdb-name\\x20with\\x20spaces"
         );
-        assert_eq!(udev_escape("a^b,c"), "a\\x5Eb,c");
+        assert_eq!(names::udev_escape("a^b,c"), "a\\x5Eb,c");
     }
 }
