@@ -16,4 +16,5 @@ pub mod remote;
 pub mod ssh;
 pub mod store;
 pub mod stream;
+pub mod substitute;
 pub mod wire;
