@@ -150,9 +150,26 @@ impl HttpCache {
     }
 }
 
+/// Attempts at a small file whose connection failed (a busy server resets some), as Nix's
+/// `download-attempts`.
+const ATTEMPTS: u32 = 3;
+
 /// GETs a small file whole; `None` on 404 (and 403, which S3-backed caches send for a missing
-/// key).
+/// key). A failed connection is tried again, after a short pause; an HTTP error status is not.
 async fn get(client: &reqwest::Client, url: &str) -> Result<Option<Vec<u8>>, SubstituteError> {
+    let mut attempt = 1;
+    loop {
+        match get_once(client, url).await {
+            Err(SubstituteError::Http { .. }) if attempt < ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn get_once(client: &reqwest::Client, url: &str) -> Result<Option<Vec<u8>>, SubstituteError> {
     let http = |e: reqwest::Error| SubstituteError::Http {
         url: url.to_owned(),
         reason: chain(&e),

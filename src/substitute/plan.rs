@@ -17,7 +17,7 @@ use super::signature::TrustedKeys;
 use crate::store::{PathInfo, StorePath};
 
 /// narinfo requests in flight per cache: enough to hide the round trip on thousands of paths.
-const NARINFO_CONCURRENCY: usize = 64;
+const NARINFO_CONCURRENCY: usize = 32;
 
 /// Where substitutes come from.
 pub(super) enum Source {
