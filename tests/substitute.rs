@@ -608,8 +608,14 @@ fn a_server_that_stops_mid_download_or_never_answers_does_not_hang() {
             .any(|w| w.contains(&silent_url) && w.contains("no answer"))
     );
     assert_eq!(plan.paths.len(), fx.closure.len());
-    // Every NAR stalls halfway: nothing is substituted, all is streamed.
+    // Every NAR stalls halfway: nothing is substituted, all is streamed, and once the first
+    // downloads timed out the rest are not tried (one timeout, not one per path).
     assert_eq!(report.failed.len(), fx.closure.len(), "{report:#?}");
+    assert!(
+        report.failed.iter().any(|f| f.reason.contains("not tried")),
+        "{report:#?}"
+    );
+    assert!(report.seconds < 15.0, "{report:#?}");
     finish(tmp.path(), &plan, &report, &BTreeSet::new());
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, Read, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -123,6 +123,7 @@ impl Substituter {
         let start = Instant::now();
         let spool_dir = dest.spool_dir();
         let received: Vec<Arc<AtomicU64>> = self.sources.iter().map(|_| Arc::default()).collect();
+        let broken: Vec<Arc<AtomicBool>> = self.sources.iter().map(|_| Arc::default()).collect();
         let mut jobs = Vec::with_capacity(plan.paths.len());
         let mut downloads = Vec::new();
         for planned in &plan.paths {
@@ -141,6 +142,7 @@ impl Substituter {
                             info: planned.info.clone(),
                             writer,
                             received: received[planned.source].clone(),
+                            broken: broken[planned.source].clone(),
                         });
                         Ok(Some(reader))
                     }
@@ -246,6 +248,9 @@ struct Download {
     info: PathInfo,
     writer: SpoolWriter,
     received: Arc<AtomicU64>,
+    /// Set once a download from this source failed in transport (timeout, reset): the rest of
+    /// its downloads fail at once instead of each waiting out the timeout.
+    broken: Arc<AtomicBool>,
 }
 
 impl Download {
@@ -257,11 +262,20 @@ impl Download {
             info,
             writer,
             received,
+            broken,
         } = self;
+        if broken.load(Ordering::Relaxed) {
+            return writer.finish(Err(format!(
+                "{url}: not tried, an earlier download from this cache stopped answering"
+            )));
+        }
         let resp = match client.get(&url).send().await {
             Ok(resp) if resp.status().is_success() => resp,
             Ok(resp) => return writer.finish(Err(format!("{url}: HTTP status {}", resp.status()))),
-            Err(e) => return writer.finish(Err(format!("{url}: {}", chain(&e)))),
+            Err(e) => {
+                broken.store(true, Ordering::Relaxed);
+                return writer.finish(Err(format!("{url}: {}", chain(&e))));
+            }
         };
         let (tx, rx) = mpsc::channel(16);
         let unpack = tokio::task::spawn_blocking(move || {
@@ -286,7 +300,10 @@ impl Download {
                     }
                 }
                 Ok(None) => break,
-                Err(e) => Err(format!("{url}: {}", chain(&e))),
+                Err(e) => {
+                    broken.store(true, Ordering::Relaxed);
+                    Err(format!("{url}: {}", chain(&e)))
+                }
             };
             let stop = item.is_err();
             // The decompressor may have stopped (a bad NAR): its result says why.
