@@ -136,10 +136,10 @@ impl BufRead for SpoolReader {
             while state.written == self.offset && state.end.is_none() {
                 state = self.shared.changed.wait(state).expect("spool lock");
             }
-            if state.written == self.offset {
-                if let Some(Err(reason)) = &state.end {
-                    return Err(io::Error::other(reason.clone()));
-                }
+            if state.written == self.offset
+                && let Some(Err(reason)) = &state.end
+            {
+                return Err(io::Error::other(reason.clone()));
             }
             state.written - self.offset
         };
