@@ -19,4 +19,5 @@ pub mod remote;
 pub mod run;
 pub mod ssh;
 pub mod store;
+pub mod substitute;
 pub mod transfer;

@@ -1,0 +1,264 @@
+//! Which substituters and keys to use: the target's `nix.conf`, then the machine's own
+//! settings and the tool's flags, combined as Nix would.
+//!
+//! `substituters` and `trusted-public-keys` replace what came before; their `extra-` forms add
+//! to it. With nothing configured Nix uses cache.nixos.org and its key, and so do we.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::SubstituteError;
+use super::signature::CACHE_NIXOS_ORG_KEY;
+
+/// Nix's default substituter.
+pub const DEFAULT_SUBSTITUTER: &str = "https://cache.nixos.org";
+
+/// Nested `include`s followed before giving up (a loop would otherwise never end).
+const MAX_INCLUDE_DEPTH: usize = 8;
+
+/// The settings of a `nix.conf` (and what it includes) that substitution needs. `None`: not set,
+/// so the previous value (Nix's default) stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NixConf {
+    pub substituters: Option<Vec<String>>,
+    pub extra_substituters: Vec<String>,
+    pub trusted_public_keys: Option<Vec<String>>,
+    pub extra_trusted_public_keys: Vec<String>,
+    pub ssl_cert_file: Option<PathBuf>,
+    /// `substitute = false` turns substitution off.
+    pub substitute: Option<bool>,
+}
+
+impl NixConf {
+    /// Reads `path`; a missing file is an empty configuration (a target without Nix has none).
+    pub fn read(path: &Path) -> Result<Self, SubstituteError> {
+        let mut conf = Self::default();
+        conf.read_into(path, 0, true)?;
+        Ok(conf)
+    }
+
+    /// Parses the text of a `nix.conf`; `dir` resolves relative `include`s.
+    pub fn parse(text: &str, dir: &Path) -> Result<Self, SubstituteError> {
+        let mut conf = Self::default();
+        conf.apply(text, dir, Path::new("nix.conf"), 0)?;
+        Ok(conf)
+    }
+
+    fn read_into(
+        &mut self,
+        path: &Path,
+        depth: usize,
+        optional: bool,
+    ) -> Result<(), SubstituteError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(SubstituteError::ConfigIo {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        self.apply(&text, dir, path, depth)
+    }
+
+    fn apply(
+        &mut self,
+        text: &str,
+        dir: &Path,
+        file: &Path,
+        depth: usize,
+    ) -> Result<(), SubstituteError> {
+        let bad = |line: usize, reason: &str| SubstituteError::Config {
+            path: file.to_owned(),
+            line,
+            reason: reason.to_owned(),
+        };
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("");
+            let words: Vec<&str> = line.split_ascii_whitespace().collect();
+            match words.as_slice() {
+                [] => continue,
+                [kw @ ("include" | "!include"), target] => {
+                    if depth >= MAX_INCLUDE_DEPTH {
+                        return Err(bad(n + 1, "includes nested too deeply (a loop?)"));
+                    }
+                    self.read_into(&dir.join(target), depth + 1, *kw == "!include")?;
+                }
+                [name, "=", values @ ..] => self.set(name, values).map_err(|r| bad(n + 1, &r))?,
+                _ => return Err(bad(n + 1, "not `name = value`")),
+            }
+        }
+        Ok(())
+    }
+
+    fn set(&mut self, name: &str, values: &[&str]) -> Result<(), String> {
+        let list = || values.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>();
+        match name {
+            "substituters" => self.substituters = Some(list()),
+            "extra-substituters" => self.extra_substituters.extend(list()),
+            "trusted-public-keys" => self.trusted_public_keys = Some(list()),
+            "extra-trusted-public-keys" => self.extra_trusted_public_keys.extend(list()),
+            "ssl-cert-file" => self.ssl_cert_file = values.first().map(PathBuf::from),
+            "substitute" => {
+                self.substitute = Some(match values {
+                    ["true"] => true,
+                    ["false"] => false,
+                    _ => return Err("substitute must be true or false".to_owned()),
+                })
+            }
+            _ => {} // Every other setting is Nix's business, not substitution's.
+        }
+        Ok(())
+    }
+}
+
+/// What the tool's flags add to the target's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--substituters`: replaces the configured list.
+    pub substituters: Option<Vec<String>>,
+    /// `--extra-substituters`, and the machine's own `nix.settings.substituters`.
+    pub extra_substituters: Vec<String>,
+    /// `--trusted-public-keys`, and the machine's own `nix.settings.trusted-public-keys`: added.
+    pub trusted_public_keys: Vec<String>,
+    /// `--option ssl-cert-file`.
+    pub ssl_cert_file: Option<PathBuf>,
+}
+
+/// The sources and keys substitution uses, in the order given (priorities sort them later).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Settings {
+    pub substituters: Vec<String>,
+    pub trusted_public_keys: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_cert_file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Nix's defaults, then `conf`, then `overrides`; duplicates are dropped, first one kept.
+    pub fn resolve(conf: &NixConf, overrides: &Overrides) -> Self {
+        let mut substituters = overrides
+            .substituters
+            .clone()
+            .or_else(|| conf.substituters.clone())
+            .unwrap_or_else(|| vec![DEFAULT_SUBSTITUTER.to_owned()]);
+        if conf.substitute == Some(false) && overrides.substituters.is_none() {
+            substituters.clear();
+        }
+        substituters.extend(conf.extra_substituters.iter().cloned());
+        substituters.extend(overrides.extra_substituters.iter().cloned());
+        let mut keys = conf
+            .trusted_public_keys
+            .clone()
+            .unwrap_or_else(|| vec![CACHE_NIXOS_ORG_KEY.to_owned()]);
+        keys.extend(conf.extra_trusted_public_keys.iter().cloned());
+        keys.extend(overrides.trusted_public_keys.iter().cloned());
+        Self {
+            substituters: dedup(substituters.iter().map(|s| s.trim_end_matches('/'))),
+            trusted_public_keys: dedup(keys.iter().map(String::as_str)),
+            ssl_cert_file: overrides
+                .ssl_cert_file
+                .clone()
+                .or_else(|| conf.ssl_cert_file.clone()),
+        }
+    }
+}
+
+fn dedup<'a>(items: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for item in items {
+        let item = if item.is_empty() { "/" } else { item };
+        if !out.iter().any(|o| o == item) {
+            out.push(item.to_owned());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_an_installer_nix_conf_with_includes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("extra.conf"),
+            "extra-trusted-public-keys = mine-1:AAAA\n",
+        )
+        .unwrap();
+        let text = "# generated\n\
+            substituters = https://cache.nixos.org/ https://a.example  # main\n\
+            extra-substituters = /\n\
+            experimental-features = nix-command flakes\n\
+            include extra.conf\n\
+            !include missing.conf\n";
+        let conf = NixConf::parse(text, dir.path()).unwrap();
+        assert_eq!(
+            conf.substituters.as_deref().unwrap(),
+            ["https://cache.nixos.org/", "https://a.example"]
+        );
+        assert_eq!(conf.extra_substituters, ["/"]);
+        assert_eq!(conf.extra_trusted_public_keys, ["mine-1:AAAA"]);
+
+        let settings = Settings::resolve(&conf, &Overrides::default());
+        assert_eq!(
+            settings.substituters,
+            [DEFAULT_SUBSTITUTER, "https://a.example", "/"]
+        );
+        assert_eq!(
+            settings.trusted_public_keys,
+            [CACHE_NIXOS_ORG_KEY, "mine-1:AAAA"]
+        );
+    }
+
+    #[test]
+    fn flags_replace_or_add_as_nix_settings_do() {
+        let conf = NixConf::parse("substituters = http://x\n", Path::new("/")).unwrap();
+        let replaced = Settings::resolve(
+            &conf,
+            &Overrides {
+                substituters: Some(vec!["http://mine".into()]),
+                extra_substituters: vec!["http://more".into(), "http://mine/".into()],
+                trusted_public_keys: vec!["k-1:AAAA".into()],
+                ssl_cert_file: Some("/ca.pem".into()),
+            },
+        );
+        assert_eq!(replaced.substituters, ["http://mine", "http://more"]);
+        assert_eq!(
+            replaced.trusted_public_keys,
+            [CACHE_NIXOS_ORG_KEY, "k-1:AAAA"]
+        );
+        assert_eq!(
+            replaced.ssl_cert_file.as_deref(),
+            Some(Path::new("/ca.pem"))
+        );
+
+        let none = Settings::resolve(&NixConf::default(), &Overrides::default());
+        assert_eq!(none.substituters, [DEFAULT_SUBSTITUTER]);
+        let off = NixConf::parse("substitute = false\n", Path::new("/")).unwrap();
+        assert!(
+            Settings::resolve(&off, &Overrides::default())
+                .substituters
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn bad_lines_name_the_file_and_line() {
+        let err = NixConf::parse("a = b\nsubstituters https://x\n", Path::new("/")).unwrap_err();
+        assert!(err.to_string().contains("nix.conf:2"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("loop.conf"), "include loop.conf\n").unwrap();
+        let err = NixConf::read(&dir.path().join("loop.conf")).unwrap_err();
+        assert!(err.to_string().contains("nested"), "{err}");
+        assert_eq!(
+            NixConf::read(&dir.path().join("absent.conf")).unwrap(),
+            NixConf::default()
+        );
+    }
+}
