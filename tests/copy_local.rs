@@ -10,9 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Command;
 
-use nix_oracle::{
-    BIN, assert_verifies, closure, closure_paths, nix, nix_store, output, path_infos, run,
-};
+use nix_oracle::{BIN, assert_verifies, closure, closure_paths, nix, output, path_infos, run};
 use nixos_anywhere_rs::nar;
 use nixos_anywhere_rs::store::{StorePath, StoreRoot, query_closure};
 

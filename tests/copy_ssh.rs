@@ -62,22 +62,6 @@ fn assert_ok(out: &Output, sshd: &Sshd) {
     );
 }
 
-fn nix(args: &[&str], root: &Path) -> Output {
-    let out = Command::new(args[0])
-        .args(["--option", "build-users-group", ""])
-        .args(&args[1..])
-        .arg("--store")
-        .arg(root)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Waits until no process holds the store root (an agent whose connection dropped finishes
 /// registering what it received before it exits).
 fn wait_for_agent_to_release(root: &Path) {

@@ -8,7 +8,6 @@ mod nix_oracle;
 mod support;
 
 use std::os::unix::fs::MetadataExt;
-use std::process::Command;
 
 use nix_oracle::{BIN, assert_verifies, closure, path_infos};
 use nixos_anywhere_rs::run::copy::{self, CopyRequest, Destination};
