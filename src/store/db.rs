@@ -64,17 +64,7 @@ impl Db {
     /// of another schema version is refused rather than changed.
     pub fn open(db_dir: &Path) -> Result<Self, StoreError> {
         let schema_file = db_dir.join("schema");
-        match std::fs::read_to_string(&schema_file) {
-            Ok(text) if text.trim() == SCHEMA_VERSION.to_string() => {}
-            Ok(text) => {
-                return Err(StoreError::SchemaVersion {
-                    dir: db_dir.to_owned(),
-                    found: text,
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io(&schema_file, e)),
-        }
+        check_schema(db_dir, true)?;
         let conn = Connection::open(db_dir.join("db.sqlite")).map_err(StoreError::Db)?;
         conn.busy_timeout(std::time::Duration::from_secs(60))
             .map_err(StoreError::Db)?;
@@ -96,17 +86,7 @@ impl Db {
         if !file.exists() {
             return Ok(None);
         }
-        let schema_file = db_dir.join("schema");
-        match std::fs::read_to_string(&schema_file) {
-            Ok(text) if text.trim() == SCHEMA_VERSION.to_string() => {}
-            Ok(text) => {
-                return Err(StoreError::SchemaVersion {
-                    dir: db_dir.to_owned(),
-                    found: text,
-                });
-            }
-            Err(e) => return Err(StoreError::io(&schema_file, e)),
-        }
+        check_schema(db_dir, false)?;
         // A write-ahead log with content means a writer has it open (Nix's daemon): read through
         // its shared memory. Otherwise the file is all there is, and `immutable` keeps SQLite
         // from creating anything beside it.
@@ -216,6 +196,21 @@ impl Db {
             }
         }
         tx.commit().map_err(StoreError::Db)
+    }
+}
+
+/// Refuses a database of another schema version than ours; a missing `schema` file is a new
+/// database when `missing_ok`, an error otherwise.
+fn check_schema(db_dir: &Path, missing_ok: bool) -> Result<(), StoreError> {
+    let schema_file = db_dir.join("schema");
+    match std::fs::read_to_string(&schema_file) {
+        Ok(text) if text.trim() == SCHEMA_VERSION.to_string() => Ok(()),
+        Ok(text) => Err(StoreError::SchemaVersion {
+            dir: db_dir.to_owned(),
+            found: text,
+        }),
+        Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io(&schema_file, e)),
     }
 }
 
