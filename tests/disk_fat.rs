@@ -3,7 +3,7 @@
 //! boot sector) and label, and our file system passes `fsck.fat -n`. Where mkfs.vfat refuses a
 //! combination, we refuse it too.
 //!
-//! Needs dosfstools, util-linux, file: `scripts/setup-tables`.
+//! Needs dosfstools, util-linux, file: `scripts/setup`.
 
 use std::path::Path;
 use std::process::Command;

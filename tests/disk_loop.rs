@@ -1,4 +1,4 @@
-//! Real plans executed on host loop devices (needs root and `scripts/setup-disk`): file systems
+//! Real plans executed on host loop devices (needs root and `scripts/setup`): file systems
 //! on whole disks and on GPT partitions, mount/unmount/remount, a rerun that must not reformat,
 //! destroy while everything is mounted, and the refusals: a layout that does not fit the device,
 //! a disk mounted outside the target root, a holder that will not let go.

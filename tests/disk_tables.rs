@@ -5,7 +5,7 @@
 //! the MBR sector's table (protective or hybrid) must match byte for byte.
 //! Also: 4K-sector loop devices and BLKPG making partition nodes appear with the right sizes.
 //!
-//! Needs gdisk, parted, fdisk (sfdisk), util-linux: `scripts/setup-tables`.
+//! Needs gdisk, parted, fdisk (sfdisk), util-linux: `scripts/setup`.
 
 mod disk_support;
 

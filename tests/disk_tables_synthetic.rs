@@ -2,7 +2,7 @@
 //! logicals, an EBR past 4 GiB) and parted GPT flags against parted; sgdisk's alignment, sector
 //! units, attributes and fixed GUIDs against sgdisk; a table that does not fit changes nothing.
 //!
-//! Needs gdisk, parted, fdisk (sfdisk): `scripts/setup-tables`.
+//! Needs gdisk, parted, fdisk (sfdisk): `scripts/setup`.
 
 mod disk_support;
 
