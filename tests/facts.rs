@@ -59,7 +59,9 @@ fn a_disk_shows_its_size_partitions_labels_and_mounts() {
         .args(["-n1:0:+8M", "-c1:disk-main-ESP", "-t1:EF00"])
         .args(["-n2:0:0", "-c2:disk-main-root"])
         .arg(&disk.device));
-    run(Command::new("partx").arg("-a").arg(&disk.device));
+    // -u, not -a: partitions a previous user of this loop device made through BLKPG outlive
+    // its detach, and -u replaces them with the table just written.
+    run(Command::new("partx").arg("-u").arg(&disk.device));
     let root_part = PathBuf::from(format!("{}p2", disk.device.display()));
     run(Command::new("mkfs.ext4").arg("-q").arg(&root_part));
     let mnt = tempfile::tempdir().unwrap();

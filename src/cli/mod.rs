@@ -15,7 +15,7 @@ pub use nar::NarCommand;
 
 use std::io::IsTerminal;
 
-use crate::ssh::{Password, SshError, SshOptions, Target};
+use crate::ssh::{ConfigReader, Password, Resolver, SshError, SshOptions, Target};
 
 pub mod install;
 
@@ -95,13 +95,15 @@ impl SshArgs {
     /// The target and its options, as OpenSSH would resolve `destination` (`ssh -G` with the
     /// config file, then the command line's options, which win).
     pub fn resolve(&self, destination: &str) -> Result<(Target, SshOptions), SshError> {
-        let (target, mut opts) = SshOptions::resolve(
-            self.config_file.as_deref(),
-            &self.options,
-            &self.identity,
-            self.port,
-            destination,
-        )?;
+        // The keys given with -i are tried on every hop, jump hosts included.
+        let mut base = SshOptions::from_env();
+        base.identity_files.extend(self.identity.iter().cloned());
+        let resolver = Resolver {
+            reader: ConfigReader::from_path_env(),
+            config_file: self.config_file.clone(),
+            base,
+        };
+        let (target, mut opts) = resolver.resolve(&self.options, &[], self.port, destination)?;
         if self.env_password {
             opts.password = Some(Password::from_env()?);
         }
