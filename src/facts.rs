@@ -226,7 +226,7 @@ impl Mounts {
 }
 
 /// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(field: &str) -> String {
+pub(crate) fn unescape_octal(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod disk;
 pub mod exec;
 pub mod facts;
+pub mod install;
 pub mod nar;
 pub mod pipe;
 pub mod plan;

@@ -2,7 +2,7 @@ use std::io::{self, IsTerminal};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Parser;
 use nixos_anywhere_rs::cli::install::{Environment, InstallArgs};
 use nixos_anywhere_rs::cli::{Cli, Command};
@@ -27,6 +27,16 @@ fn main() -> ExitCode {
         .without_time()
         .with_target(false)
         .init();
+    // Before any thread exists: entering namespaces needs a single-threaded process.
+    if let Some(Command::Enter(args)) = cli.command {
+        return match args.run() {
+            Ok(status) => ExitCode::from(u8::try_from(status).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(127)
+            }
+        };
+    }
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -75,6 +85,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Agent { give_up_after } => {
             agent::run_on_stdio(give_up_after.map(Duration::from_secs))?
         }
+        Command::Enter(_) => unreachable!("handled before any thread starts"),
     }
     Ok(())
 }
@@ -83,16 +94,16 @@ fn dispatch(cli: Cli) -> Result<()> {
 fn install(args: InstallArgs) -> Result<()> {
     let request = args.into_request(Environment::from_process())?;
     let plan = run::install::RunPlan::new(&request);
-    if request.output.json {
-        println!("{}", serde_json::to_string(&plan)?);
-    } else {
-        eprint!("{plan}");
+    match (request.output.dry_run, request.output.json) {
+        (true, true) => println!("{}", serde_json::to_string(&plan)?),
+        _ => eprint!("{plan}"),
     }
-    if !request.output.dry_run {
-        bail!(
-            "this build plans installs but does not run their phases yet (the disk layer runs on \
-             its own: `nixos-anywhere-rs disko`); nothing was changed. Use --dry-run to print the plan"
-        );
+    if request.output.dry_run {
+        return Ok(());
+    }
+    let record = tokio::runtime::Runtime::new()?.block_on(run::phases::run(&request))?;
+    if request.output.json {
+        println!("{}", serde_json::to_string(&record)?);
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One step of a phase. Implemented by each phase's closed enum of steps, so that a `match` in
 /// one place shows everything the phase can do.
@@ -47,14 +47,14 @@ pub struct StepError<E: std::error::Error + 'static> {
 }
 
 /// What happened to one step.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub description: String,
     pub outcome: Outcome,
     pub seconds: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Ran,

@@ -6,6 +6,7 @@
 //! failure goes back to the tool as a [`Reply::Error`] with its kind and step, as well as
 //! ending the agent with a non-zero status.
 
+mod phases;
 mod receive;
 mod silence;
 
@@ -14,6 +15,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::fd::AsFd;
 use std::time::{Duration, SystemTime};
 
+pub use phases::PhaseError;
 pub use silence::GiveUp;
 
 use crate::facts::{Facts, FactsError};
@@ -34,6 +36,8 @@ pub enum AgentError {
     Facts(#[from] FactsError),
     #[error("{0} before a store root was opened")]
     NoStore(&'static str),
+    #[error(transparent)]
+    Phase(#[from] PhaseError),
 }
 
 impl AgentError {
@@ -50,6 +54,16 @@ impl AgentError {
             Self::Store(_) => (ErrorKind::Store, None),
             Self::Facts(_) => (ErrorKind::Facts, None),
             Self::NoStore(_) => (ErrorKind::Refused, None),
+            Self::Phase(PhaseError::Disk(crate::disk::run::DiskError::Step(e))) => (
+                ErrorKind::Disk,
+                Some(format!("disk step {}", e.description)),
+            ),
+            Self::Phase(PhaseError::Disk(_)) => (ErrorKind::Disk, None),
+            Self::Phase(PhaseError::Install(e)) => (
+                ErrorKind::Install,
+                Some(format!("install step {}", e.description)),
+            ),
+            Self::Phase(_) => (ErrorKind::Install, None),
         };
         AgentFailure {
             kind,
@@ -165,6 +179,23 @@ fn session(input: impl Read + Send, output: &mut impl Write) -> Result<(), Agent
                 let store = store.as_mut().ok_or(AgentError::NoStore("a transfer"))?;
                 receive::receive(store, &paths, &mut input, output)?
             }
+            Request::WriteKeys { keys } => phases::write_keys(&keys)?,
+            Request::Disko {
+                layout,
+                mode,
+                root_mountpoint,
+            } => phases::disko(&layout, mode, &root_mountpoint, output)?,
+            Request::PutFiles { root, entries } => phases::put_files(&root, &entries)?,
+            Request::Install(spec) => {
+                // Everything received is registered and synced; the install reads the store
+                // from the disk, and nothing is written to it any more.
+                store = None;
+                phases::install(*spec, output)?
+            }
+            Request::Reboot { root } => {
+                store = None;
+                Reply::Rebooting(crate::install::reboot::reboot(&root).map_err(PhaseError::from)?)
+            }
             Request::Bye => return Ok(()),
         };
         frame::write_message(output, &reply, PEER)?;
@@ -179,6 +210,11 @@ fn request_kind(request: &Request) -> &'static str {
         Request::QueryValid { .. } => "query_valid",
         Request::OpenStore { .. } => "open_store",
         Request::Receive { .. } => "receive",
+        Request::WriteKeys { .. } => "write_keys",
+        Request::Disko { .. } => "disko",
+        Request::PutFiles { .. } => "put_files",
+        Request::Install(_) => "install",
+        Request::Reboot { .. } => "reboot",
         Request::Bye => "bye",
     }
 }

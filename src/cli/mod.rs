@@ -58,6 +58,67 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS")]
         give_up_after: Option<u64>,
     },
+    /// Run a command inside an installed NixOS root, in nixos-enter's environment (run by the
+    /// agent for the bootloader step; also usable by hand on an installer).
+    Enter(EnterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnterArgs {
+    /// The installed root.
+    #[arg(long, value_name = "DIR", default_value = "/mnt")]
+    pub root: PathBuf,
+    /// The system whose `activate` runs first.
+    #[arg(
+        long,
+        value_name = "TOPLEVEL",
+        default_value = "/nix/var/nix/profiles/system"
+    )]
+    pub system: PathBuf,
+    /// Bind the root again at DIR inside it, as nixos-install does (`/mnt`).
+    #[arg(long, value_name = "DIR")]
+    pub root_again_at: Option<PathBuf>,
+    /// NAME=VALUE for the command's environment (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = crate::install::env_pair)]
+    pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// The command, after `--`; default: the system's shell.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+impl EnterArgs {
+    /// Runs the command; returns its exit status.
+    pub fn run(self) -> Result<i32, crate::install::enter::EnterError> {
+        let system = system_in_root(&self.root, &self.system);
+        let command = if self.command.is_empty() {
+            vec![system.join("sw/bin/sh").into_os_string()]
+        } else {
+            self.command
+        };
+        crate::install::enter::Enter {
+            root: self.root,
+            system,
+            root_again_at: self.root_again_at,
+            env: self.env,
+            command,
+        }
+        .run()
+    }
+}
+
+/// `system` as a path inside `root`, its links followed there (a profile's links are
+/// absolute store paths, which mean the root's store, not this machine's).
+fn system_in_root(root: &std::path::Path, system: &std::path::Path) -> PathBuf {
+    let mut path = system.to_owned();
+    for _ in 0..16 {
+        let inside = root.join(path.strip_prefix("/").unwrap_or(&path));
+        match std::fs::read_link(&inside) {
+            Ok(target) if target.is_absolute() => path = target,
+            Ok(target) => path = path.parent().unwrap_or(&path).join(target),
+            Err(_) => break,
+        }
+    }
+    path
 }
 
 #[derive(Debug, Args)]

@@ -13,4 +13,5 @@ pub mod plan;
 pub mod run;
 pub mod size;
 pub mod table;
+pub mod unmount;
 pub mod validate;

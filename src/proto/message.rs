@@ -6,7 +6,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::disk::plan::Mode;
 use crate::facts::Facts;
+use crate::install::InstallSpec;
+use crate::install::files::FileEntry;
+use crate::install::reboot::TakenDown;
+use crate::plan::StepRecord;
 use crate::store::{PathInfo, StorePath};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -32,7 +37,63 @@ pub enum Request {
     Receive {
         paths: Vec<PathInfo>,
     },
+    /// Writes the disk-encryption keys, mode 0600, in RAM (a tmpfs) only.
+    WriteKeys {
+        keys: Vec<KeyFile>,
+    },
+    /// Runs the disk layer on the layout (an evaluated `disko.devices`); its steps are
+    /// reported as they end.
+    Disko {
+        layout: String,
+        mode: Mode,
+        root_mountpoint: String,
+    },
+    /// Writes these extra files into `root`, owned by root, with their modes.
+    PutFiles {
+        root: PathBuf,
+        entries: Vec<FileEntry>,
+    },
+    /// What nixos-install does once the closure is in the root's store; steps reported as
+    /// they end.
+    Install(Box<InstallSpec>),
+    /// Takes the root's file systems down and reboots, detached.
+    Reboot {
+        root: PathBuf,
+    },
     Bye,
+}
+
+/// A disk-encryption key for the installer: where it goes, and the key, which no log, error
+/// or debug print shows.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct KeyFile {
+    pub path: PathBuf,
+    #[serde(with = "secret_base64")]
+    pub key: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for KeyFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyFile({}, <redacted>)", self.path.display())
+    }
+}
+
+mod secret_base64 {
+    use data_encoding::BASE64;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use zeroize::Zeroizing;
+
+    pub fn serialize<S: Serializer>(key: &Zeroizing<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&Zeroizing::new(BASE64.encode(key)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Zeroizing<Vec<u8>>, D::Error> {
+        let text = Zeroizing::new(String::deserialize(d)?);
+        BASE64
+            .decode(text.as_bytes())
+            .map(Zeroizing::new)
+            .map_err(|_| serde::de::Error::custom("a key that is not base64"))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -60,6 +121,25 @@ pub enum Reply {
         /// How long flushing the store root's file system to the disk took.
         sync_seconds: f64,
     },
+    KeysWritten {
+        count: usize,
+    },
+    /// A step of a `Disko` or `Install` ended.
+    Step(StepRecord),
+    /// The disk layer ran every step of its plan.
+    Disked {
+        steps: usize,
+    },
+    FilesWritten {
+        entries: usize,
+    },
+    /// The install phase ran; `bootloader` says what the check found.
+    Installed {
+        steps: usize,
+        bootloader: String,
+    },
+    /// The file systems are down; the reboot follows in a moment.
+    Rebooting(TakenDown),
     Error(AgentFailure),
 }
 
@@ -87,6 +167,10 @@ pub enum ErrorKind {
     Refused,
     /// Reading the machine's facts failed.
     Facts,
+    /// The disk layer refused the layout or a disk step failed.
+    Disk,
+    /// A step of the install (or the keys, the extra files, the reboot) failed.
+    Install,
 }
 
 impl fmt::Display for AgentFailure {

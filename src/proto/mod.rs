@@ -27,10 +27,10 @@ use std::io;
 
 pub use block::{BLOCK, BlockDecoder};
 pub use frame::{Frame, HEADER_LEN, MAX_FRAME, read_frame, read_frame_async, write_message};
-pub use message::{AgentFailure, ErrorKind, Reply, Request};
+pub use message::{AgentFailure, ErrorKind, KeyFile, Reply, Request};
 
 /// Bumped whenever a frame or message changes meaning.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {

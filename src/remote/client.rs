@@ -7,10 +7,15 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWriteExt};
 
+use crate::disk::plan::Mode;
 use crate::facts::Facts;
+use crate::install::InstallSpec;
+use crate::install::files::FileEntry;
+use crate::install::reboot::TakenDown;
+use crate::plan::StepRecord;
 use crate::progress::Progress;
 use crate::proto::frame::{self, Frame};
-use crate::proto::{AgentFailure, PROTOCOL_VERSION, Reply, Request, WireError};
+use crate::proto::{AgentFailure, KeyFile, PROTOCOL_VERSION, Reply, Request, WireError};
 use crate::store::{PathInfo, StorePath};
 use crate::transfer::{self, Compression, FrameSink, SendError, SendStats};
 
@@ -188,6 +193,90 @@ impl<R: AsyncRead + Unpin, W: FrameSink> AgentClient<R, W> {
                     });
                 }
                 other => return Err(unexpected("progress", other)),
+            }
+        }
+    }
+
+    /// Writes the disk-encryption keys in the installer's RAM.
+    pub async fn write_keys(&mut self, keys: Vec<KeyFile>) -> Result<usize, ClientError> {
+        match self.request(&Request::WriteKeys { keys }).await? {
+            Reply::KeysWritten { count } => Ok(count),
+            other => Err(unexpected("keys_written", other)),
+        }
+    }
+
+    /// Runs the disk layer on the target; `on_step` hears of each step as it ends.
+    pub async fn disko(
+        &mut self,
+        layout: String,
+        mode: Mode,
+        root_mountpoint: String,
+        on_step: impl FnMut(StepRecord),
+    ) -> Result<usize, ClientError> {
+        let request = Request::Disko {
+            layout,
+            mode,
+            root_mountpoint,
+        };
+        match self.request_with_steps(&request, on_step).await? {
+            Reply::Disked { steps } => Ok(steps),
+            other => Err(unexpected("disked", other)),
+        }
+    }
+
+    /// Writes one batch of extra files into `root`.
+    pub async fn put_files(
+        &mut self,
+        root: &Path,
+        entries: Vec<FileEntry>,
+    ) -> Result<usize, ClientError> {
+        let request = Request::PutFiles {
+            root: root.to_owned(),
+            entries,
+        };
+        match self.request(&request).await? {
+            Reply::FilesWritten { entries } => Ok(entries),
+            other => Err(unexpected("files_written", other)),
+        }
+    }
+
+    /// nixos-install's steps on the target; returns where the boot loader was found.
+    pub async fn install(
+        &mut self,
+        spec: InstallSpec,
+        on_step: impl FnMut(StepRecord),
+    ) -> Result<String, ClientError> {
+        match self
+            .request_with_steps(&Request::Install(Box::new(spec)), on_step)
+            .await?
+        {
+            Reply::Installed { bootloader, .. } => Ok(bootloader),
+            other => Err(unexpected("installed", other)),
+        }
+    }
+
+    /// Takes the file systems down and starts the reboot.
+    pub async fn reboot(&mut self, root: &Path) -> Result<TakenDown, ClientError> {
+        let request = Request::Reboot {
+            root: root.to_owned(),
+        };
+        match self.request(&request).await? {
+            Reply::Rebooting(done) => Ok(done),
+            other => Err(unexpected("rebooting", other)),
+        }
+    }
+
+    /// Sends `request` and passes each [`Reply::Step`] to `on_step` until another reply.
+    async fn request_with_steps(
+        &mut self,
+        request: &Request,
+        mut on_step: impl FnMut(StepRecord),
+    ) -> Result<Reply, ClientError> {
+        self.write(&frame::message_frame(request)).await?;
+        loop {
+            match read_reply(&mut self.from_agent).await? {
+                Reply::Step(record) => on_step(record),
+                reply => return Ok(reply),
             }
         }
     }

@@ -211,6 +211,11 @@ impl Agent {
     pub async fn abandon(self, error: impl Into<RemoteError>) -> RemoteError {
         let error = error.into();
         drop(self.client);
+        // The agent's own report says it all; its stderr would repeat it.
+        if matches!(error, RemoteError::Client(ClientError::Agent(_))) {
+            let _ = tokio::time::timeout(EXIT_WAIT, self.exit.wait()).await;
+            return error;
+        }
         match tokio::time::timeout(EXIT_WAIT, self.exit.wait()).await {
             Ok(Ok(info)) if info.success() && info.stderr.is_empty() => error,
             Ok(Ok(info)) => RemoteError::AgentFailed {

@@ -272,12 +272,35 @@ async fn with_agent(
     if request.dry_run {
         return Ok(Outcome::Planned(plan));
     }
+    stream_closure(
+        agent,
+        &target.to_string(),
+        root,
+        &request.closure,
+        request.compression,
+        started,
+    )
+    .await
+    .map(Outcome::Copied)
+}
+
+/// Opens the store root `root` on the agent's machine and streams what of `closure` it lacks
+/// (asked again once the store is locked), with a progress bar.
+pub(crate) async fn stream_closure(
+    agent: &mut Agent,
+    destination: &str,
+    root: &Path,
+    closure: &[PathInfo],
+    compression: Compression,
+    started: Instant,
+) -> Result<Summary, RemoteError> {
+    let paths: Vec<StorePath> = closure.iter().map(|i| i.path.clone()).collect();
     agent.client.open_store(root).await?;
     // Opened and locked now: the answer counts what another writer added since.
     let valid = agent.client.query_valid(root, &paths).await?;
-    let plan = CopyPlan::new(target.to_string(), root, &request.closure, &valid);
+    let plan = CopyPlan::new(destination.to_owned(), root, closure, &valid);
     tracing::info!("{}", plan.to_string().lines().next().unwrap_or_default());
-    let missing = plan.missing(&request.closure);
+    let missing = plan.missing(closure);
     let mut progress = Progress::new(missing.len() as u64, plan.nar_bytes_to_send);
     let transfer = if missing.is_empty() {
         None
@@ -285,12 +308,12 @@ async fn with_agent(
         Some(
             agent
                 .client
-                .receive(&missing, request.compression, &mut progress)
+                .receive(&missing, compression, &mut progress)
                 .await?,
         )
     };
     progress.finish();
-    Ok(Outcome::Copied(Summary {
+    Ok(Summary {
         paths_sent: missing.len() as u64,
         paths_skipped: plan.skip.len() as u64,
         nar_bytes: plan.nar_bytes_to_send,
@@ -298,5 +321,5 @@ async fn with_agent(
         seconds: started.elapsed().as_secs_f64(),
         sync_seconds: transfer.as_ref().map_or(0.0, |t| t.sync_seconds),
         zstd_levels: transfer.map(|t| t.sent.levels).unwrap_or_default(),
-    }))
+    })
 }

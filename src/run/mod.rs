@@ -4,7 +4,10 @@
 
 pub mod copy;
 pub mod facts;
+pub mod inputs;
 pub mod install;
+pub mod phases;
+pub mod wait;
 
 use crate::remote::{self, Agent, RemoteError};
 use crate::ssh::{HostKeyPin, Session, SshOptions, Target};

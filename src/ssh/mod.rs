@@ -68,6 +68,11 @@ impl Output {
     pub fn success(&self) -> bool {
         self.status == Some(0)
     }
+
+    /// "exit status 3" or "killed by signal KILL", for messages.
+    pub fn describe(&self) -> String {
+        exec::describe_status(self.status, self.signal.as_deref())
+    }
 }
 
 /// What every part of one connection shares: its name for messages, and why it ended.

@@ -375,6 +375,10 @@ impl Step for DiskStep {
                 Cmd::new("bash").arg("-c").arg(script).run()?;
                 Ok(())
             }
+            DiskStep::UnmountRoot { root } => {
+                crate::disk::unmount::unmount_tree(Path::new(root)).map_err(io(root))?;
+                Ok(())
+            }
             _ => {
                 env.argv(self)?.run()?;
                 Ok(())

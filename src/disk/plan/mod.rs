@@ -21,7 +21,7 @@ use crate::disk::layout::{Layout, LayoutError};
 use crate::disk::validate;
 
 /// disko's `--mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     Destroy,

@@ -3,6 +3,8 @@
 //! runs under a live mount or an open device (nixos-anywhere #585, disko #989). A disk holding a
 //! file system mounted outside the target root (the installer's own medium) is refused.
 
+use std::path::Path;
+
 use serde::Deserialize;
 
 use super::exec::ExecError;
@@ -40,7 +42,8 @@ pub enum Holder {
 impl Holder {
     fn command(&self) -> Result<Vec<Cmd>, ExecError> {
         Ok(match self {
-            Holder::Mount { target, .. } => vec![Cmd::new("umount").arg("-R").arg(target)],
+            // Unmounted natively by `release`.
+            Holder::Mount { .. } => Vec::new(),
             Holder::Swap { device } => vec![Cmd::new("swapoff").arg(device)],
             Holder::Crypt { device } => vec![Cmd::new("cryptsetup").arg("close").arg(device)],
             Holder::Lv { device } => vec![
@@ -165,6 +168,17 @@ fn walk(d: &BlockDev, disk: &str, root: &str, out: &mut Vec<Holder>) -> Result<(
 /// Releases every holder of `device`, stopping at the first that fails.
 pub fn release(device: &str, root: &str) -> Result<(), ExecError> {
     for h in holders(device, root)? {
+        if let Holder::Mount { target, .. } = &h {
+            // `umount -R`, natively (busybox's umount has no -R).
+            crate::disk::unmount::unmount_tree(Path::new(target)).map_err(|e| {
+                ExecError::Release {
+                    device: device.to_owned(),
+                    what: h.describe(),
+                    message: e.to_string(),
+                }
+            })?;
+            continue;
+        }
         for cmd in h.command()? {
             tracing::info!(command = %cmd, "releasing {}", h.describe());
             cmd.run().map_err(|e| ExecError::Release {

@@ -1,0 +1,209 @@
+//! What an install installs, made ready on this machine before the target is touched: the
+//! system's toplevel built (`--flake`) or given (`--store-paths`), its closure read from the
+//! local store, and the disk layout: `disko.devices` evaluated to JSON the way disko's own
+//! examples were made (functions and `_`-internals dropped, `_index` and `_name` kept), or a
+//! layout file, or, for compatibility, a disko script to run on the installer.
+
+use std::path::PathBuf;
+
+use std::collections::BTreeSet;
+
+use crate::cli::install::{Build, Layout, Phase, Source};
+use crate::exec::{Cmd, CmdError};
+use crate::store::{self, PathInfo, StoreError, StorePath};
+
+/// The Nix expression applied to `disko.devices` before it is printed as JSON: attributes whose
+/// name starts with `_` (but `_index` and `_name`) are left out unevaluated, and so are
+/// functions (module internals such as `_create` are strings that refer to scripts, and their
+/// evaluation would build them).
+pub const CLEAN_DEVICES: &str = r#"
+let
+  keep = name: builtins.substring 0 1 name != "_" || name == "_index" || name == "_name";
+  clean = v:
+    if builtins.isAttrs v then
+      builtins.listToAttrs (builtins.concatMap
+        (name:
+          let x = v.${name}; in
+          if keep name && !(builtins.isFunction x) then [{ inherit name; value = clean x; }] else [ ])
+        (builtins.attrNames v))
+    else if builtins.isList v then
+      map clean (builtins.filter (x: !(builtins.isFunction x)) v)
+    else v;
+in clean
+"#;
+
+/// The disk layout, ready for the disko phase.
+#[derive(Debug, Clone)]
+pub enum LayoutInput {
+    /// `disko.devices` as JSON.
+    Json(String),
+    /// A disko script (`--store-paths` compatibility): its closure goes into the installer's
+    /// store and it runs there.
+    Script {
+        script: StorePath,
+        closure: Vec<PathInfo>,
+    },
+}
+
+/// Everything the phases send, prepared.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    pub system: StorePath,
+    /// The system's closure, dependencies first (empty when the install phase does not run).
+    pub closure: Vec<PathInfo>,
+    pub layout: Option<LayoutInput>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("building {installable} failed: {source}")]
+    Build {
+        installable: String,
+        source: CmdError,
+    },
+    #[error(
+        "evaluating {installable} failed: {source}; the configuration needs disko's module (or \
+         a disko.devices of its own) for the disko phase"
+    )]
+    Eval {
+        installable: String,
+        source: CmdError,
+    },
+    #[error("{what} printed {text:?}, not a store path")]
+    NotStorePath { what: String, text: String },
+    #[error("reading the layout {path}: {source}")]
+    Layout {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reading the closure from this machine's Nix store: {0}")]
+    Closure(#[from] StoreError),
+}
+
+/// What [`prepare`] reads of the install request.
+#[derive(Debug, Clone)]
+pub struct InputsRequest {
+    pub source: Source,
+    pub phases: BTreeSet<Phase>,
+    pub build: Build,
+}
+
+/// Prepares what `request` installs: builds and evaluates a flake, or reads the store paths.
+/// The layout is read for the install phase too: its disks are where a BIOS boot loader goes.
+pub fn prepare(request: &InputsRequest) -> Result<Inputs, InputError> {
+    let needs_layout =
+        request.phases.contains(&Phase::Disko) || request.phases.contains(&Phase::Install);
+    let (system, layout) = match &request.source {
+        Source::Flake { .. } => {
+            let installable = request
+                .source
+                .installable("system.build.toplevel")
+                .expect("a flake");
+            tracing::info!("building {installable}");
+            // `--json` rather than `--print-out-paths`, which Nix before 2.11 lacks.
+            let out = nix(&request.build, &["build", "--no-link", "--json"])
+                .arg(&installable)
+                .output()
+                .map_err(|source| InputError::Build {
+                    installable: installable.clone(),
+                    source,
+                })?;
+            let system = built_path(&installable, &out)?;
+            let layout = if needs_layout {
+                let installable = request
+                    .source
+                    .installable("disko.devices")
+                    .expect("a flake");
+                tracing::info!("evaluating {installable}");
+                let json = nix(
+                    &request.build,
+                    &["eval", "--json", "--apply", CLEAN_DEVICES],
+                )
+                .arg(&installable)
+                .output();
+                match json {
+                    Ok(json) => Some(LayoutInput::Json(
+                        String::from_utf8_lossy(&json).into_owned(),
+                    )),
+                    // Without the disko phase, the layout only names the disks a BIOS boot
+                    // loader may be in: a configuration without it still installs.
+                    Err(e) if !request.phases.contains(&Phase::Disko) => {
+                        tracing::debug!("no disk layout: {e}");
+                        None
+                    }
+                    Err(source) => {
+                        return Err(InputError::Eval {
+                            installable,
+                            source,
+                        });
+                    }
+                }
+            } else {
+                None
+            };
+            (system, layout)
+        }
+        Source::StorePaths { layout, system } => {
+            let layout = match layout {
+                _ if !needs_layout => None,
+                Layout::DiskoScript(_) if !request.phases.contains(&Phase::Disko) => None,
+                Layout::Json(path) => Some(LayoutInput::Json(
+                    std::fs::read_to_string(path).map_err(|source| InputError::Layout {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )),
+                Layout::DiskoScript(path) => {
+                    let script = store_path("the disko script", path.to_string_lossy().as_bytes())?;
+                    let closure = store::query_closure(std::slice::from_ref(&script))?;
+                    Some(LayoutInput::Script { script, closure })
+                }
+            };
+            (system.clone(), layout)
+        }
+    };
+    let closure = if request.phases.contains(&Phase::Install) {
+        store::query_closure(std::slice::from_ref(&system))?
+    } else {
+        Vec::new()
+    };
+    Ok(Inputs {
+        system,
+        closure,
+        layout,
+    })
+}
+
+/// `nix SUBCOMMAND...` with the flake features, `--option`s, `-L` and `--show-trace` as asked.
+fn nix(build: &Build, subcommand: &[&str]) -> Cmd {
+    let mut cmd = Cmd::new("nix")
+        .args(["--extra-experimental-features", "nix-command flakes"])
+        .args(subcommand)
+        .arg("--no-write-lock-file");
+    for option in &build.nix_options {
+        cmd = cmd.arg("--option").arg(&option.key).arg(&option.value);
+    }
+    if build.print_build_logs {
+        cmd = cmd.arg("-L");
+    }
+    if build.show_trace {
+        cmd = cmd.arg("--show-trace");
+    }
+    cmd
+}
+
+/// The `out` path in `nix build --json`'s answer.
+fn built_path(what: &str, json: &[u8]) -> Result<StorePath, InputError> {
+    let value: serde_json::Value = serde_json::from_slice(json).unwrap_or_default();
+    let out = value[0]["outputs"]["out"].as_str().unwrap_or_default();
+    store_path(what, if out.is_empty() { json } else { out.as_bytes() })
+}
+
+fn store_path(what: &str, out: &[u8]) -> Result<StorePath, InputError> {
+    let text = String::from_utf8_lossy(out);
+    let line = text.lines().next().unwrap_or("").trim();
+    StorePath::parse(line).map_err(|_| InputError::NotStorePath {
+        what: what.to_owned(),
+        text: text.trim().to_owned(),
+    })
+}

@@ -1,0 +1,448 @@
+//! Running an install: everything local first (build, evaluate, read the keys and extra files:
+//! a failure there changes nothing on the target), then the target's facts, then each phase in
+//! order, each reporting its steps as they end. The result is a [`RunRecord`], which `--json`
+//! prints.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::inputs::{self, InputError, Inputs, LayoutInput};
+use super::wait::{self, Verified};
+use crate::cli::install::{DiskoMode, InstallRequest, KeyError, KeySources, Phase, SshSettings};
+use crate::disk::plan::Mode;
+use crate::install::InstallSpec;
+use crate::install::files::{self, FilesError};
+use crate::plan::{Outcome, StepRecord};
+use crate::proto::KeyFile;
+use crate::remote::{self, Agent, RemoteError};
+use crate::ssh::{
+    ConfigReader, HostKeyPin, KeyText, Password, Resolver, Session, SshError, SshOptions, Target,
+    shell_quote,
+};
+use crate::transfer::Compression;
+
+/// Where the installed system is mounted on the installer (disko's `rootMountPoint`).
+pub const ROOT: &str = "/mnt";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("{phase} phase: {source}")]
+    Phase {
+        phase: Phase,
+        #[source]
+        source: RemoteError,
+    },
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    #[error(
+        "{host} runs {os}, not a NixOS installer, and the kexec phase is not in this build \
+         (nothing was changed): boot the machine into a NixOS installer, or leave `kexec` out \
+         of --phases to install from the running system"
+    )]
+    NeedsKexec { host: String, os: String },
+    #[error(
+        "--build-on remote needs Nix on the target, and this build cannot drive a remote build \
+         yet; nothing was changed: build here (--build-on local)"
+    )]
+    RemoteBuild,
+    #[error(transparent)]
+    Wait(#[from] wait::WaitError),
+}
+
+/// What a run did, phase by phase.
+#[derive(Debug, Default, Serialize)]
+pub struct RunRecord {
+    pub target: String,
+    pub system: Option<String>,
+    pub phases: Vec<PhaseRecord>,
+    /// After a reboot: whether the installed system answered and runs the system installed.
+    pub verified: Option<Verified>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PhaseRecord {
+    pub phase: Phase,
+    /// `false`: not needed (kexec on an installer).
+    pub ran: bool,
+    pub seconds: f64,
+    pub steps: Vec<StepRecord>,
+    /// Store paths and NAR bytes sent (install), keys written (disko).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copied: Option<super::copy::Summary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl PhaseRecord {
+    fn new(phase: Phase) -> Self {
+        Self {
+            phase,
+            ran: true,
+            seconds: 0.0,
+            steps: Vec::new(),
+            copied: None,
+            note: None,
+        }
+    }
+}
+
+/// Progress for a person, on stderr: a line per phase and per step as it ends.
+fn announce(phase: Phase, what: &str) {
+    eprintln!("==> {phase}: {what}");
+}
+
+fn show_step(record: &StepRecord) {
+    let mark = match record.outcome {
+        Outcome::Ran => "done",
+        Outcome::Skipped => "skip",
+    };
+    eprintln!("    [{mark}] {record}");
+}
+
+/// The target and the SSH options of `settings`, resolved as `ssh` would.
+pub fn ssh_target(settings: &SshSettings) -> Result<(Target, SshOptions), SshError> {
+    let mut base = SshOptions::from_env();
+    base.identity_files
+        .extend(settings.identity_files.iter().cloned());
+    if let Some(key) = &settings.private_key {
+        base.private_key = Some(KeyText::new(
+            String::from_utf8_lossy(key.expose()).into_owned(),
+        ));
+    }
+    let resolver = Resolver {
+        reader: ConfigReader::from_path_env(),
+        config_file: settings.config_file.clone(),
+        base,
+    };
+    let (target, mut opts) =
+        resolver.resolve(&settings.options, &[], settings.port, &settings.destination)?;
+    if let Some(password) = &settings.password {
+        opts.password = Some(Password::new(
+            String::from_utf8_lossy(password.expose()).into_owned(),
+        ));
+    }
+    opts.ask_password = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    Ok((target, opts))
+}
+
+/// Runs the install `request` asks for.
+pub async fn run(request: &InstallRequest) -> Result<RunRecord, RunError> {
+    let started = Instant::now();
+    let settings = request.target.as_ref().expect("an install has a target");
+    if request.build.on == crate::cli::install::BuildOn::Remote {
+        return Err(RunError::RemoteBuild);
+    }
+    // Everything from this machine first: a failed build changes nothing on the target.
+    let prepared = {
+        let owned = clone_for_inputs(request);
+        tokio::task::spawn_blocking(move || inputs::prepare(&owned))
+            .await
+            .expect("preparing the inputs does not panic")?
+    };
+    let keys = if request.phases.contains(&Phase::Disko) {
+        KeySources::new().read_all(&request.disk_encryption_keys)?
+    } else {
+        Vec::new()
+    };
+    let extra = match &request.extra_files {
+        Some(dir) if request.phases.contains(&Phase::Install) => files::read_tree(dir)?,
+        _ => Vec::new(),
+    };
+    let (target, opts) = ssh_target(settings)?;
+    let mut record = RunRecord {
+        target: target.to_string(),
+        system: Some(prepared.system.to_absolute()),
+        ..RunRecord::default()
+    };
+    let pin = HostKeyPin::new();
+    let session = wait::connect(&target, &opts, &pin, settings.connect_deadline_secs).await?;
+    if let Some(fp) = pin.fingerprint() {
+        eprintln!("connected to {target}, host key {fp}");
+    }
+    let binary = match &request.agent {
+        Some(path) => path.clone(),
+        None => remote::agent_binary()?,
+    };
+    let mut agent = remote::start_agent(&session, &binary, opts.patience()).await?;
+    let result = phases(
+        request,
+        &prepared,
+        keys,
+        extra,
+        &session,
+        &mut agent,
+        &target,
+        &mut record,
+    )
+    .await;
+    let rebooting = matches!(result, Ok(true));
+    match result {
+        Ok(_) => {
+            // The agent may already be gone with a reboot under way.
+            if let Err(e) = agent.finish().await
+                && !rebooting
+            {
+                return Err(e.into());
+            }
+        }
+        Err(e) => {
+            return Err(match e {
+                RunError::Phase { phase, source } => RunError::Phase {
+                    phase,
+                    source: agent.abandon(source).await,
+                },
+                other => other,
+            });
+        }
+    }
+    let _ = session.close().await;
+    if rebooting {
+        let top = prepared.system.to_absolute();
+        let started_wait = Instant::now();
+        announce(Phase::Reboot, "waiting for the installed system");
+        let verified =
+            wait::installed_system(&target, &opts, &pin, &top, request.reboot_deadline_secs)
+                .await?;
+        if let Some(phase) = record.phases.last_mut() {
+            phase.seconds += started_wait.elapsed().as_secs_f64();
+        }
+        eprintln!("{verified}");
+        record.verified = Some(verified);
+    }
+    record.seconds = started.elapsed().as_secs_f64();
+    Ok(record)
+}
+
+/// The phases against the agent; `Ok(true)` when a reboot is under way.
+#[allow(clippy::too_many_arguments)]
+async fn phases(
+    request: &InstallRequest,
+    prepared: &Inputs,
+    keys: Vec<crate::cli::install::ReadKey>,
+    extra: Vec<files::FileEntry>,
+    session: &Session,
+    agent: &mut Agent,
+    target: &Target,
+    record: &mut RunRecord,
+) -> Result<bool, RunError> {
+    let in_phase = |phase| move |source: RemoteError| RunError::Phase { phase, source };
+    let facts = agent
+        .client
+        .facts()
+        .await
+        .map_err(|e| in_phase(Phase::Kexec)(e.into()))?;
+    for &phase in &request.phases {
+        let started = Instant::now();
+        let mut done = PhaseRecord::new(phase);
+        let fail = in_phase(phase);
+        match phase {
+            Phase::Kexec => {
+                if facts.is_installer && !request.kexec.force {
+                    announce(phase, "not needed: the target runs a NixOS installer");
+                    done.ran = false;
+                    done.note = Some("the target runs a NixOS installer".into());
+                } else {
+                    let os = facts
+                        .os
+                        .pretty_name
+                        .clone()
+                        .unwrap_or_else(|| "another Linux".into());
+                    return Err(RunError::NeedsKexec {
+                        host: target.host.clone(),
+                        os,
+                    });
+                }
+            }
+            Phase::Disko => {
+                let layout = prepared
+                    .layout
+                    .as_ref()
+                    .expect("prepared with the disko phase");
+                if !keys.is_empty() {
+                    let files = keys
+                        .iter()
+                        .map(|k| KeyFile {
+                            path: k.remote.clone(),
+                            key: zeroize::Zeroizing::new(k.key.expose().to_vec()),
+                        })
+                        .collect();
+                    let n = agent
+                        .client
+                        .write_keys(files)
+                        .await
+                        .map_err(|e| fail(e.into()))?;
+                    announce(
+                        phase,
+                        &format!("wrote {n} disk-encryption key(s) in the installer's RAM"),
+                    );
+                }
+                match layout {
+                    LayoutInput::Json(json) => {
+                        let mode = disk_mode(request.disko.mode);
+                        announce(phase, &format!("running the disk layout ({mode:?})"));
+                        agent
+                            .client
+                            .disko(json.clone(), mode, ROOT.into(), |step| {
+                                show_step(&step);
+                                done.steps.push(step);
+                            })
+                            .await
+                            .map_err(|e| fail(e.into()))?;
+                    }
+                    LayoutInput::Script { script, closure } => {
+                        announce(
+                            phase,
+                            &format!("copying the disko script {script} to the installer's store"),
+                        );
+                        let copied = super::copy::stream_closure(
+                            agent,
+                            &target.to_string(),
+                            Path::new("/"),
+                            closure,
+                            Compression::Auto,
+                            Instant::now(),
+                        )
+                        .await
+                        .map_err(fail)?;
+                        done.copied = Some(copied);
+                        announce(phase, &format!("running {script}"));
+                        let out = session
+                            .run(&shell_quote(&script.to_absolute()), b"")
+                            .await
+                            .map_err(|e| fail(e.into()))?;
+                        if !out.success() {
+                            return Err(fail(RemoteError::AgentExit {
+                                status: format!("the disko script ended with {}", out.describe()),
+                                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                            }));
+                        }
+                    }
+                }
+            }
+            Phase::Install => {
+                let root = Path::new(ROOT);
+                announce(
+                    phase,
+                    &format!("streaming the closure of {} into {ROOT}", prepared.system),
+                );
+                let copied = super::copy::stream_closure(
+                    agent,
+                    &target.to_string(),
+                    root,
+                    &prepared.closure,
+                    Compression::Auto,
+                    Instant::now(),
+                )
+                .await
+                .map_err(fail)?;
+                eprintln!("    {copied}");
+                done.copied = Some(copied);
+                if !extra.is_empty() {
+                    let n = extra.len();
+                    for batch in files::batches(extra.clone()) {
+                        agent
+                            .client
+                            .put_files(root, batch)
+                            .await
+                            .map_err(|e| fail(e.into()))?;
+                    }
+                    announce(phase, &format!("wrote {n} extra file entries"));
+                }
+                announce(
+                    phase,
+                    "what nixos-install does, and the system's bootloader step",
+                );
+                let spec = InstallSpec {
+                    root: root.to_owned(),
+                    system: prepared.system.clone(),
+                    closure: prepared.closure.iter().map(|i| i.path.clone()).collect(),
+                    chown: request
+                        .chown
+                        .iter()
+                        .map(|c| (c.path.display().to_string(), c.owner.clone()))
+                        .collect(),
+                    copy_host_keys: request.copy_host_keys,
+                    no_check: request.nixos_no_check.clone(),
+                    boot_disks: boot_disks(prepared),
+                };
+                let bootloader = agent
+                    .client
+                    .install(spec, |step| {
+                        show_step(&step);
+                        done.steps.push(step);
+                    })
+                    .await
+                    .map_err(|e| fail(e.into()))?;
+                eprintln!("    boot loader: {bootloader}");
+                done.note = Some(bootloader);
+            }
+            Phase::Reboot => {
+                announce(phase, &format!("unmounting {ROOT} and rebooting"));
+                let down = agent
+                    .client
+                    .reboot(Path::new(ROOT))
+                    .await
+                    .map_err(|e| fail(e.into()))?;
+                done.note = Some(format!(
+                    "unmounted {}, swap off on {}",
+                    down.unmounted.len(),
+                    down.swaps_off.len()
+                ));
+                done.seconds = started.elapsed().as_secs_f64();
+                record.phases.push(done);
+                return Ok(true);
+            }
+        }
+        done.seconds = started.elapsed().as_secs_f64();
+        record.phases.push(done);
+    }
+    Ok(false)
+}
+
+fn disk_mode(mode: DiskoMode) -> Mode {
+    match mode {
+        DiskoMode::Disko => Mode::DestroyFormatMount,
+        DiskoMode::Format => Mode::Format,
+        DiskoMode::FormatMount => Mode::FormatMount,
+        DiskoMode::Mount => Mode::Mount,
+    }
+}
+
+/// The disks of the layout, whose MBR may hold a BIOS boot loader.
+fn boot_disks(prepared: &Inputs) -> Vec<String> {
+    let Some(LayoutInput::Json(json)) = &prepared.layout else {
+        return Vec::new();
+    };
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    value["disk"]
+        .as_object()
+        .map(|disks| {
+            disks
+                .values()
+                .filter_map(|d| d["device"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The parts of the request the input preparation reads, owned for its thread.
+fn clone_for_inputs(request: &InstallRequest) -> inputs::InputsRequest {
+    inputs::InputsRequest {
+        source: request.source.clone(),
+        phases: request.phases.clone(),
+        build: request.build.clone(),
+    }
+}
