@@ -54,15 +54,22 @@ impl AgentError {
             Self::Store(_) => (ErrorKind::Store, None),
             Self::Facts(_) => (ErrorKind::Facts, None),
             Self::NoStore(_) => (ErrorKind::Refused, None),
-            Self::Phase(PhaseError::Disk(crate::disk::run::DiskError::Step(e))) => (
-                ErrorKind::Disk,
-                Some(format!("disk step {}", e.description)),
-            ),
+            // A failed step: named once, as the plan numbers it, with its own error.
+            Self::Phase(PhaseError::Disk(crate::disk::run::DiskError::Step(e))) => {
+                return AgentFailure {
+                    kind: ErrorKind::Disk,
+                    step: Some(format!("disk step {} ({})", e.number, e.description)),
+                    message: e.source.to_string(),
+                };
+            }
+            Self::Phase(PhaseError::Install(e)) => {
+                return AgentFailure {
+                    kind: ErrorKind::Install,
+                    step: Some(format!("install step {} ({})", e.number, e.description)),
+                    message: e.source.to_string(),
+                };
+            }
             Self::Phase(PhaseError::Disk(_)) => (ErrorKind::Disk, None),
-            Self::Phase(PhaseError::Install(e)) => (
-                ErrorKind::Install,
-                Some(format!("install step {}", e.description)),
-            ),
             Self::Phase(_) => (ErrorKind::Install, None),
         };
         AgentFailure {

@@ -1,7 +1,6 @@
-# The demo system's install, done by hand in the installer guest: what the
-# installer (issue 12) will do natively, in shell, to prove that the fixture
-# boots from the disk it was installed on before the tool can install it.
-# Source it after harness.sh. See fixtures/demo/README.md.
+# The demo systems (fixtures/demo): building them, their layouts, and checks
+# of a guest booted from a disk they were installed on (vm-tests/lib/install.sh
+# runs the installer). Source it after harness.sh. See fixtures/demo/README.md.
 
 DEMO_REPO=$(cd "$VM_TESTS_DIR/.." && pwd)
 
@@ -15,93 +14,6 @@ demo_layout() {
 	nix --extra-experimental-features 'nix-command flakes' eval --json \
 		"$DEMO_REPO/fixtures/demo#nixosConfigurations.$1.config.disko.devices" \
 		2> >(grep -v -e "warning: Git tree '.*' is dirty" -e "group 'nixbld'" >&2 || true)
-}
-
-# demo__format_script LAYOUT_JSON: a shell script for the installer that
-# partitions the layout's one disk as the layout says (sgdisk, in _index
-# order, by disko's partition labels), makes the filesystems and mounts them
-# under /mnt, the root first.
-demo__format_script() {
-	local layout=$1 disk
-	disk=$(jq -r '.disk | keys | if length == 1 then .[0] else error("one disk expected") end' <<< "$layout")
-	jq -r --arg disk "$disk" '
-		.disk[$disk] as $d
-		| ($d.content.partitions | [.[]] | sort_by(._index)) as $parts
-		| "dev=\($d.device)",
-		  "sgdisk --zap-all $dev > /dev/null",
-		  ($parts[] | "sgdisk -n \(._index):0:\(if .end == "-0" then "0" else .end end)"
-			+ " -t \(._index):\(.type) -c \(._index):\(.label)"
-			+ " $dev > /dev/null"),
-		  ($parts[] | . as $p | $p.attributes[] | "sgdisk -A \($p._index):set:\(.) $dev > /dev/null"),
-		  "for i in $(seq 50); do [ -b ${dev}\($parts | length) ] && break; sleep 0.1; done",
-		  ($parts[] | select(.content.type? == "filesystem")
-			| if .content.format == "vfat" then "mkfs.vfat -F 32 ${dev}\(._index) > /dev/null"
-			  elif .content.format == "ext4" then "mkfs.ext4 -q -F ${dev}\(._index)"
-			  else error("format \(.content.format) is not in this test") end),
-		  ([$parts[] | select(.content.type? == "filesystem")]
-			| sort_by(.content.mountpoint | length)[]
-			| ("/mnt" + (.content.mountpoint | rtrimstr("/"))) as $at
-			| "mkdir -p \($at) && mount -t \(.content.format) -o \(.content.mountOptions | join(",")) ${dev}\(._index) \($at)")
-	' <<< "$layout"
-}
-
-# demo_install GUEST CONFIG TOPLEVEL TOOL: in the installer GUEST (logged in
-# as root, its disk empty): partitions and formats the disk as CONFIG's
-# layout says and mounts it at /mnt; streams TOPLEVEL's closure into
-# /mnt/nix/store with TOOL's copy; then what nixos-install does: the system
-# profile (system -> system-1-link -> TOPLEVEL), /etc/NIXOS, /etc/mtab, root's
-# authorized key (the test key, as --extra-files would place it), the
-# system's own activate and `switch-to-configuration boot` in a chroot with
-# /dev, /proc, /sys and NIXOS_INSTALL_BOOTLOADER=1, twice (a rerun must
-# leave the same files); prints what the bootloader step left; unmounts and
-# powers the guest off.
-demo_install() {
-	local guest=$1 config=$2 top=$3 tool=$4 layout
-	layout=$(demo_layout "$config")
-	demo__format_script "$layout" > "$VM_RUN_DIR/format.sh"
-	vm_ssh "$guest" root 'set -eu; sh -eu' < "$VM_RUN_DIR/format.sh"
-
-	NIXOS_ANYWHERE_RS_AGENT=$tool "$tool" copy --to "ssh://root@127.0.0.1:$(vm_port "$guest")" \
-		-i "$VM_KEY" --root /mnt "$top" > /dev/null
-
-	vm_ssh "$guest" root 'mkdir -p -m 0700 /mnt/root/.ssh && cat > /mnt/root/.ssh/authorized_keys' \
-		< "$VM_KEY.pub"
-	vm_ssh "$guest" root sh -eu <<-EOF
-		umask 0022
-		mkdir -p /mnt/nix/var/nix/profiles /mnt/nix/var/nix/gcroots /mnt/etc /mnt/tmp
-		chmod 1777 /mnt/tmp
-		ln -sfn $top /mnt/nix/var/nix/profiles/system-1-link
-		ln -sfn system-1-link /mnt/nix/var/nix/profiles/system
-		ln -sfn /nix/var/nix/profiles /mnt/nix/var/nix/gcroots/profiles
-		touch /mnt/etc/NIXOS
-		ln -sfn /proc/mounts /mnt/etc/mtab
-		mkdir -p /mnt/dev /mnt/proc /mnt/sys
-		mount --rbind /dev /mnt/dev
-		mount --rbind /sys /mnt/sys
-		mount -t proc proc /mnt/proc
-		chroot /mnt $top/activate
-		NIXOS_INSTALL_BOOTLOADER=1 chroot /mnt /run/current-system/bin/switch-to-configuration boot
-		# A rerun, as a second install on the same machine makes, succeeds
-		# and leaves the same files.
-		sums() { (cd /mnt/boot && find . -type f | sort | xargs md5sum); }
-		sums > /tmp/boot.first
-		NIXOS_INSTALL_BOOTLOADER=1 chroot /mnt /run/current-system/bin/switch-to-configuration boot
-		sums | cmp -s /tmp/boot.first - || { echo "a rerun changed /boot"; exit 1; }
-		echo "--- after switch-to-configuration boot:"
-		if [ -d /mnt/boot/loader ]; then
-			find /mnt/boot -type f | sort
-			cat /mnt/boot/loader/loader.conf /mnt/boot/loader/entries/*.conf
-		else
-			cat /mnt/boot/grub/grub.cfg
-		fi
-		# Deepest first (busybox's umount has no -R).
-		awk '\$2 ~ "^/mnt(/|\$)" {print \$2}' /proc/mounts | sort -r | while read -r m; do
-			umount "\$m"
-		done
-		sync
-	EOF
-	vm_ssh "$guest" root poweroff || true
-	vm_wait_exit "$guest" 60
 }
 
 # demo_check_booted GUEST TOPLEVEL: the booted GUEST runs TOPLEVEL: its

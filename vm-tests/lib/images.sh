@@ -34,6 +34,9 @@ BASE_PACKAGES=(bash dash coreutils findutils grep sed util-linux kmod iproute2
 INSTALLER_PACKAGES=(kexec-tools jq e2fsprogs xfsprogs btrfs-progs dosfstools
 	cryptsetup-bin lvm2 mdadm gdisk fdisk parted)
 OTHER_PACKAGES=(sudo)
+# strace: the install tests trace every execve in the installer (no secret in
+# any argument list).
+INSTALLER_PACKAGES+=(strace)
 # Everything the images are made of; their versions are part of the cache key.
 IMAGE_PACKAGES=("${BASE_PACKAGES[@]}" "${INSTALLER_PACKAGES[@]}" "${OTHER_PACKAGES[@]}"
 	linux-image-amd64 busybox-static base-files libpam-modules)

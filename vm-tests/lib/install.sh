@@ -19,12 +19,17 @@ install_extra_files() {
 }
 
 # install_run TOOL JSON ARG...: runs the tool with ARG... (its --json record
-# into JSON), with the options the local Nix needs here (root, no build
-# users, no sandbox, no substituters), and the static build as the agent.
+# into JSON, its stderr also into JSON.log), with the options the local Nix
+# needs here (root, no build users, no sandbox, no substituters), and the
+# static build as the agent. With INSTALL_TRACE=FILE, every execve of the
+# tool and its children is traced into FILE.
 install_run() {
-	local tool=$1 json=$2
+	local tool=$1 json=$2 trace=()
 	shift 2
-	NIX_REMOTE=local NIXOS_ANYWHERE_RS_AGENT=$tool "$tool" "$@" --json \
+	if [[ -n ${INSTALL_TRACE:-} ]]; then
+		trace=(strace -f -qq -s 4096 -e trace=execve -o "$INSTALL_TRACE")
+	fi
+	NIX_REMOTE=local NIXOS_ANYWHERE_RS_AGENT=$tool "${trace[@]}" "$tool" "$@" --json \
 		--option build-users-group '' --option sandbox false --option substituters '' \
 		> "$json" 2> >(tee "$json.log" >&2)
 }
@@ -43,11 +48,12 @@ install_check_record() {
 	jq -r '.phases[] | "  \(.phase): \(.seconds | floor) s, \(.steps | length) steps"' "$json"
 }
 
-# install_check_extra_files GUEST: the extra files are on the booted GUEST
-# with their modes, owned by root, /srv/data chowned to 1000:100, and / is
+# install_check_extra_files GUEST [OWNER]: the extra files are on the booted
+# GUEST with their modes, owned by root, /srv/data (recursively, links
+# themselves) owned by OWNER (the run's --chown; default root, 0:0), and / is
 # mode 755.
 install_check_extra_files() {
-	local out
+	local out owner=${2:-0:0}
 	out=$(vm_ssh "$1" root 'stat -c "%n %a %u:%g" / /root/.ssh /root/.ssh/authorized_keys \
 		/etc/demo-extra /srv/data /srv/data/sub/file; stat -c "%n %u:%g" /srv/data/link')
 	echo "$out" | sed 's/^/  extra files: /'
@@ -55,7 +61,7 @@ install_check_extra_files() {
 	grep -qx '/root/.ssh 700 0:0' <<< "$out" || fail "/root/.ssh lost its mode or owner"
 	grep -qx '/root/.ssh/authorized_keys 600 0:0' <<< "$out" || fail "authorized_keys lost its mode"
 	grep -qx '/etc/demo-extra 640 0:0' <<< "$out" || fail "a 0640 extra file lost its mode"
-	grep -qx '/srv/data 755 1000:100' <<< "$out" || fail "--chown did not reach /srv/data"
-	grep -qx '/srv/data/sub/file 644 1000:100' <<< "$out" || fail "--chown was not recursive"
-	grep -qx '/srv/data/link 1000:100' <<< "$out" || fail "--chown did not change the link itself"
+	grep -qx "/srv/data 755 $owner" <<< "$out" || fail "/srv/data is not owned by $owner"
+	grep -qx "/srv/data/sub/file 644 $owner" <<< "$out" || fail "/srv/data/sub/file is not owned by $owner"
+	grep -qx "/srv/data/link $owner" <<< "$out" || fail "the link /srv/data/link is not owned by $owner"
 }

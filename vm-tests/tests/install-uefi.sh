@@ -51,7 +51,10 @@ echo "disko,install,reboot and the wait took $((SECONDS - t)) s"
 install_check_record "$VM_RUN_DIR/second.json" "$top" disko install reboot
 demo_check_booted booted "$top"
 [[ $DEMO_FIRMWARE == uefi ]] || fail "not booted through UEFI"
-install_check_extra_files booted
+grep -q 'stage 1: mounting /dev/vda2 (disk-main-root)' "$(vm_serial booted)" ||
+	fail "stage 1 did not find the root by its partition label"
+demo_check_switch booted
+install_check_extra_files booted 1000:100
 vm_ssh booted root poweroff || true
 vm_wait_exit booted 120
 demo_verify_disk "$(vm_disk inst 0)"
