@@ -138,5 +138,18 @@ pub fn install(spec: InstallSpec, output: &mut impl Write) -> Result<Reply, Agen
     Ok(Reply::Installed {
         steps: records.len(),
         bootloader: env.bootloader.unwrap_or_default(),
+        peak_rss_kib: peak_rss_kib(),
     })
+}
+
+/// This process's peak resident memory, in KiB (`VmHWM`).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

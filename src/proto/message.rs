@@ -137,6 +137,8 @@ pub enum Reply {
     Installed {
         steps: usize,
         bootloader: String,
+        /// The agent's peak resident memory so far (the transfer included), in KiB.
+        peak_rss_kib: u64,
     },
     /// The file systems are down; the reboot follows in a moment.
     Rebooting(TakenDown),

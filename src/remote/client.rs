@@ -240,17 +240,22 @@ impl<R: AsyncRead + Unpin, W: FrameSink> AgentClient<R, W> {
         }
     }
 
-    /// nixos-install's steps on the target; returns where the boot loader was found.
+    /// nixos-install's steps on the target; returns where the boot loader was found and the
+    /// agent's peak resident memory in KiB.
     pub async fn install(
         &mut self,
         spec: InstallSpec,
         on_step: impl FnMut(StepRecord),
-    ) -> Result<String, ClientError> {
+    ) -> Result<(String, u64), ClientError> {
         match self
             .request_with_steps(&Request::Install(Box::new(spec)), on_step)
             .await?
         {
-            Reply::Installed { bootloader, .. } => Ok(bootloader),
+            Reply::Installed {
+                bootloader,
+                peak_rss_kib,
+                ..
+            } => Ok((bootloader, peak_rss_kib)),
             other => Err(unexpected("installed", other)),
         }
     }

@@ -82,6 +82,9 @@ pub struct PhaseRecord {
     pub copied: Option<super::copy::Summary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The agent's peak resident memory by the end of the phase (install), in KiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_peak_rss_kib: Option<u64>,
 }
 
 impl PhaseRecord {
@@ -93,6 +96,7 @@ impl PhaseRecord {
             steps: Vec::new(),
             copied: None,
             note: None,
+            agent_peak_rss_kib: None,
         }
     }
 }
@@ -376,7 +380,7 @@ async fn phases(
                     no_check: request.nixos_no_check.clone(),
                     boot_disks: boot_disks(prepared),
                 };
-                let bootloader = agent
+                let (bootloader, peak_rss_kib) = agent
                     .client
                     .install(spec, |step| {
                         show_step(&step);
@@ -386,6 +390,7 @@ async fn phases(
                     .map_err(|e| fail(e.into()))?;
                 eprintln!("    boot loader: {bootloader}");
                 done.note = Some(bootloader);
+                done.agent_peak_rss_kib = Some(peak_rss_kib);
             }
             Phase::Reboot => {
                 announce(phase, &format!("unmounting {ROOT} and rebooting"));

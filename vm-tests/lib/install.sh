@@ -45,7 +45,8 @@ install_check_record() {
 	[[ $(jq -r '.verified.result' "$json") == running ]] ||
 		fail "the tool did not verify the installed system: $(jq -c .verified "$json")"
 	[[ $(jq -r '.verified.system' "$json") == "$top" ]] || fail "the tool verified another system"
-	jq -r '.phases[] | "  \(.phase): \(.seconds | floor) s, \(.steps | length) steps"' "$json"
+	jq -r '.phases[] | "  \(.phase): \(.seconds * 10 | floor / 10) s, \(.steps | length) steps"
+		+ if .agent_peak_rss_kib then ", agent peak RSS \(.agent_peak_rss_kib / 1024 | floor) MiB" else "" end' "$json"
 }
 
 # install_check_extra_files GUEST [OWNER]: the extra files are on the booted

@@ -87,13 +87,25 @@ jq -r '.phases[0].copied | "  rerun: sent \(.paths_sent), already there \(.paths
 [[ $(vm_ssh inst root 'readlink /mnt/nix/var/nix/profiles/system-1-link') == "$top" ]] ||
 	fail "the rerun left no system profile"
 
+# --store-paths with a disko script (Terraform's nixos_partitioner): its
+# closure goes into the installer's own store, and it runs there.
+printf '#!/bin/sh\necho "disko stand-in ran as $(id -u)" > /tmp/disko-stand-in.ran\n' \
+	> "$VM_RUN_DIR/disko-stand-in"
+chmod +x "$VM_RUN_DIR/disko-stand-in"
+script=$(NIX_REMOTE=local nix-store --add "$VM_RUN_DIR/disko-stand-in")
+install_run "$tool" "$VM_RUN_DIR/script.json" --store-paths "$script" "$top" --phases disko \
+	"${target[@]}"
+[[ $(vm_ssh inst root "cat /tmp/disko-stand-in.ran; ls $script") == "disko stand-in ran as 0"*"$script" ]] ||
+	fail "the disko script did not run from the installer's store"
+echo "  the disko script ran from the installer's store"
+
 vm_ssh inst root 'kill $(pidof strace); sleep 1; cat /run/trace.log' > "$VM_RUN_DIR/guest-trace.log"
 execs=$(grep -c execve "$VM_RUN_DIR/guest-trace.log")
 ((execs > 10)) || fail "the guest trace caught only $execs execve calls"
 host_execs=$(grep -c execve "$VM_RUN_DIR/host-trace.log")
 ((host_execs > 3)) || fail "the host trace caught only $host_execs execve calls"
 echo "  traced $execs execve calls in the installer, $host_execs on the host"
-for f in guest-trace.log host-trace.log cut.json.log cut.json rerun.json.log; do
+for f in guest-trace.log host-trace.log cut.json.log cut.json rerun.json.log script.json.log; do
 	! grep -qF "$key" "$VM_RUN_DIR/$f" || fail "the key appears in $f"
 done
 echo "failures named their step and left the installer up; the key stayed secret; a cut install resumed"
