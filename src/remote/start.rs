@@ -211,13 +211,12 @@ impl Agent {
     pub async fn abandon(self, error: impl Into<RemoteError>) -> RemoteError {
         let error = error.into();
         drop(self.client);
-        // The agent's own report says it all; its stderr would repeat it.
-        if matches!(error, RemoteError::Client(ClientError::Agent(_))) {
-            let _ = tokio::time::timeout(EXIT_WAIT, self.exit.wait()).await;
-            return error;
-        }
+        // An agent that reported its failure and exited on it (status 1): the report says
+        // it all, and its stderr would repeat it. Any other end is shown.
+        let reported = matches!(error, RemoteError::Client(ClientError::Agent(_)));
         match tokio::time::timeout(EXIT_WAIT, self.exit.wait()).await {
             Ok(Ok(info)) if info.success() && info.stderr.is_empty() => error,
+            Ok(Ok(info)) if reported && info.status == Some(1) => error,
             Ok(Ok(info)) => RemoteError::AgentFailed {
                 error: Box::new(error),
                 status: info.describe(),

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use std::collections::BTreeSet;
 
-use crate::cli::install::{Build, Layout, Phase, Source};
+use crate::cli::install::{Build, BuildOn, Layout, Phase, Source};
 use crate::exec::{Cmd, CmdError};
 use crate::store::{self, PathInfo, StoreError, StorePath};
 
@@ -49,7 +49,8 @@ pub enum LayoutInput {
 #[derive(Debug, Clone)]
 pub struct Inputs {
     pub system: StorePath,
-    /// The system's closure, dependencies first (empty when the install phase does not run).
+    /// The system's closure, dependencies first (empty when the install phase does not run,
+    /// or the target builds the system).
     pub closure: Vec<PathInfo>,
     pub layout: Option<LayoutInput>,
 }
@@ -100,15 +101,27 @@ pub fn prepare(request: &InputsRequest) -> Result<Inputs, InputError> {
                 .installable("system.build.toplevel")
                 .expect("a flake");
             tracing::info!("building {installable}");
-            // `--json` rather than `--print-out-paths`, which Nix before 2.11 lacks.
-            let out = nix(&request.build, &["build", "--no-link", "--json"])
-                .arg(&installable)
-                .output()
-                .map_err(|source| InputError::Build {
-                    installable: installable.clone(),
-                    source,
-                })?;
-            let system = built_path(&installable, &out)?;
+            let system = if request.build.on == BuildOn::Remote {
+                // Built by the target's Nix in the install phase; here only its path.
+                let out = nix(&request.build, &["eval", "--raw"])
+                    .arg(format!("{installable}.outPath"))
+                    .output()
+                    .map_err(|source| InputError::Eval {
+                        installable: installable.clone(),
+                        source,
+                    })?;
+                store_path(&installable, &out)?
+            } else {
+                // `--json` rather than `--print-out-paths`, which Nix before 2.11 lacks.
+                let out = nix(&request.build, &["build", "--no-link", "--json"])
+                    .arg(&installable)
+                    .output()
+                    .map_err(|source| InputError::Build {
+                        installable: installable.clone(),
+                        source,
+                    })?;
+                built_path(&installable, &out)?
+            };
             let layout = if needs_layout {
                 let installable = request
                     .source
@@ -162,7 +175,9 @@ pub fn prepare(request: &InputsRequest) -> Result<Inputs, InputError> {
             (system.clone(), layout)
         }
     };
-    let closure = if request.phases.contains(&Phase::Install) {
+    let remote =
+        request.build.on == BuildOn::Remote && matches!(request.source, Source::Flake { .. });
+    let closure = if request.phases.contains(&Phase::Install) && !remote {
         store::query_closure(std::slice::from_ref(&system))?
     } else {
         Vec::new()

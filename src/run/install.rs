@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::cli::install::{InstallRequest, KexecImage, Phase, Source};
+use crate::cli::install::{BuildOn, InstallRequest, KexecImage, Phase, Source};
 
 /// The phases of a run in order, each with what is known of it before the run.
 #[derive(Debug, Serialize)]
@@ -58,14 +58,20 @@ fn does(request: &InstallRequest, phase: Phase) -> String {
             serde_json::to_string(&request.disko.mode).unwrap_or_default()
         ),
         Phase::Install => {
-            let system = match &request.source {
-                Source::Flake { flake, attr } => {
-                    format!("{flake}#{attr}.system.build.toplevel (built here)")
-                }
-                Source::StorePaths { system, .. } => system.to_string(),
+            let (system, remote) = match &request.source {
+                Source::Flake { flake, attr } => (
+                    format!("{flake}#{attr}.system.build.toplevel"),
+                    request.build.on == BuildOn::Remote,
+                ),
+                Source::StorePaths { system, .. } => (system.to_string(), false),
+            };
+            let closure = if remote {
+                format!("build {system} with the target's Nix into /mnt (--build-on remote)")
+            } else {
+                format!("stream the closure of {system} into /mnt")
             };
             format!(
-                "stream the closure of {system} into /mnt, then what nixos-install does and the system's own switch-to-configuration boot"
+                "{closure}, then what nixos-install does and the system's own switch-to-configuration boot"
             )
         }
         Phase::Reboot => format!(

@@ -7,6 +7,7 @@ pub mod facts;
 pub mod inputs;
 pub mod install;
 pub mod phases;
+pub mod remote_build;
 pub mod wait;
 
 use crate::remote::{self, Agent, RemoteError};

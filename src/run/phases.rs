@@ -4,13 +4,17 @@
 //! prints.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
 use super::inputs::{self, InputError, Inputs, LayoutInput};
+use super::remote_build::{RemoteBuild, RemoteBuildError};
 use super::wait::{self, Verified};
-use crate::cli::install::{DiskoMode, InstallRequest, KeyError, KeySources, Phase, SshSettings};
+use crate::cli::install::{
+    BuildOn, DiskoMode, InstallRequest, KeyError, KeySources, Phase, SshSettings,
+};
 use crate::disk::plan::Mode;
 use crate::install::InstallSpec;
 use crate::install::files::{self, FilesError};
@@ -50,11 +54,8 @@ pub enum RunError {
          of --phases to install from the running system"
     )]
     NeedsKexec { host: String, os: String },
-    #[error(
-        "--build-on remote needs Nix on the target, and this build cannot drive a remote build \
-         yet; nothing was changed: build here (--build-on local)"
-    )]
-    RemoteBuild,
+    #[error(transparent)]
+    RemoteBuild(#[from] RemoteBuildError),
     #[error(transparent)]
     Wait(#[from] wait::WaitError),
 }
@@ -144,9 +145,6 @@ pub fn ssh_target(settings: &SshSettings) -> Result<(Target, SshOptions), SshErr
 pub async fn run(request: &InstallRequest) -> Result<RunRecord, RunError> {
     let started = Instant::now();
     let settings = request.target.as_ref().expect("an install has a target");
-    if request.build.on == crate::cli::install::BuildOn::Remote {
-        return Err(RunError::RemoteBuild);
-    }
     // Everything from this machine first: a failed build changes nothing on the target.
     let prepared = {
         let owned = clone_for_inputs(request);
@@ -179,12 +177,13 @@ pub async fn run(request: &InstallRequest) -> Result<RunRecord, RunError> {
         None => remote::agent_binary()?,
     };
     let mut agent = remote::start_agent(&session, &binary, opts.patience()).await?;
+    let remote = remote_build(request, settings, &target, &pin, &session).await?;
     let result = phases(
         request,
         &prepared,
         keys,
         extra,
-        &session,
+        (&session, remote.as_ref()),
         &mut agent,
         &target,
         &mut record,
@@ -228,6 +227,27 @@ pub async fn run(request: &InstallRequest) -> Result<RunRecord, RunError> {
     Ok(record)
 }
 
+/// With `--build-on remote` (of a flake): checks that the target has Nix, before anything is
+/// changed, and prepares Nix's connection to it.
+async fn remote_build(
+    request: &InstallRequest,
+    settings: &SshSettings,
+    target: &Target,
+    pin: &HostKeyPin,
+    session: &Session,
+) -> Result<Option<Arc<RemoteBuild>>, RunError> {
+    let flake = matches!(request.source, crate::cli::install::Source::Flake { .. });
+    if request.build.on != BuildOn::Remote || !flake || !request.phases.contains(&Phase::Install) {
+        return Ok(None);
+    }
+    let out = session.run("command -v nix-daemon", b"").await?;
+    if !out.success() {
+        return Err(RemoteBuildError::NoNix(target.to_string()).into());
+    }
+    let remote = RemoteBuild::new(settings, &request.build, target, pin, Path::new(ROOT))?;
+    Ok(Some(Arc::new(remote)))
+}
+
 /// The phases against the agent; `Ok(true)` when a reboot is under way.
 #[allow(clippy::too_many_arguments)]
 async fn phases(
@@ -235,7 +255,7 @@ async fn phases(
     prepared: &Inputs,
     keys: Vec<crate::cli::install::ReadKey>,
     extra: Vec<files::FileEntry>,
-    session: &Session,
+    (session, remote): (&Session, Option<&Arc<RemoteBuild>>),
     agent: &mut Agent,
     target: &Target,
     record: &mut RunRecord,
@@ -336,22 +356,45 @@ async fn phases(
             }
             Phase::Install => {
                 let root = Path::new(ROOT);
-                announce(
-                    phase,
-                    &format!("streaming the closure of {} into {ROOT}", prepared.system),
-                );
-                let copied = super::copy::stream_closure(
-                    agent,
-                    &target.to_string(),
-                    root,
-                    &prepared.closure,
-                    Compression::Auto,
-                    Instant::now(),
-                )
-                .await
-                .map_err(fail)?;
-                eprintln!("    {copied}");
-                done.copied = Some(copied);
+                let closure = match remote {
+                    Some(remote) => {
+                        let installable = request
+                            .source
+                            .installable("system.build.toplevel")
+                            .expect("a remote build is of a flake");
+                        announce(
+                            phase,
+                            &format!("building {installable} on the target, into {ROOT}"),
+                        );
+                        let (remote, build) = (Arc::clone(remote), request.build.clone());
+                        let built =
+                            tokio::task::spawn_blocking(move || remote.build(&build, &installable))
+                                .await
+                                .expect("the remote build does not panic")?;
+                        eprintln!("    built {built}");
+                        // Nix registered the build with its closure in /mnt's store.
+                        vec![built]
+                    }
+                    None => {
+                        announce(
+                            phase,
+                            &format!("streaming the closure of {} into {ROOT}", prepared.system),
+                        );
+                        let copied = super::copy::stream_closure(
+                            agent,
+                            &target.to_string(),
+                            root,
+                            &prepared.closure,
+                            Compression::Auto,
+                            Instant::now(),
+                        )
+                        .await
+                        .map_err(fail)?;
+                        eprintln!("    {copied}");
+                        done.copied = Some(copied);
+                        prepared.closure.iter().map(|i| i.path.clone()).collect()
+                    }
+                };
                 if !extra.is_empty() {
                     let n = extra.len();
                     for batch in files::batches(extra.clone()) {
@@ -370,7 +413,7 @@ async fn phases(
                 let spec = InstallSpec {
                     root: root.to_owned(),
                     system: prepared.system.clone(),
-                    closure: prepared.closure.iter().map(|i| i.path.clone()).collect(),
+                    closure,
                     chown: request
                         .chown
                         .iter()

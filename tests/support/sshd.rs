@@ -31,6 +31,8 @@ pub struct Sshd {
     netns: Option<String>,
     /// With a password: root's home in the server's view (the test's own directory).
     password_home: Option<PathBuf>,
+    /// A target of its own: a tmpfs at `/mnt` and this `nix.conf` in the server's view.
+    private_mnt: Option<String>,
 }
 
 /// Generates an unencrypted ed25519 key pair at `path` and `path.pub`.
@@ -162,6 +164,20 @@ impl Sshd {
         })
     }
 
+    /// Starts a server in a mount namespace of its own, standing in for an installer: an
+    /// empty tmpfs at `/mnt`, seen by it alone, and `nix_conf` as its sessions' Nix
+    /// configuration (`NIX_CONF_DIR`).
+    pub fn start_as_installer(nix_conf: &str) -> Sshd {
+        Self::start_prepared("", "127.0.0.1", None, |sshd| {
+            let dir = sshd.dir().join("nix");
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("nix.conf"), nix_conf).unwrap();
+            sshd.extra
+                .push_str(&format!("SetEnv NIX_CONF_DIR={}\n", dir.display()));
+            sshd.private_mnt = Some(nix_conf.to_owned());
+        })
+    }
+
     /// Root's home directory as the password server sees it.
     pub fn home(&self) -> &Path {
         self.password_home
@@ -208,6 +224,7 @@ impl Sshd {
             listen: listen.to_owned(),
             netns,
             password_home: None,
+            private_mnt: None,
         };
         prepare(&mut sshd);
         for _ in 0..10 {
@@ -334,6 +351,13 @@ impl Sshd {
                         },
                     )
                     .arg(d)
+                    .arg(SSHD);
+                c
+            }
+            (None, None) if self.private_mnt.is_some() => {
+                let mut c = Command::new("unshare");
+                c.args(["-m", "--propagation", "private", "sh", "-c"])
+                    .arg(r#"mount -t tmpfs tmpfs /mnt && exec "$0" "$@""#)
                     .arg(SSHD);
                 c
             }

@@ -6,7 +6,9 @@
 # installer's RAM, and appears in no process's argument list on either side
 # (every execve traced) and in no log line. A stream cut during the install
 # (the tool killed while the closure is on its way) leaves no system profile
-# and no boot loader entry; the rerun completes.
+# and no boot loader entry; the rerun completes. Its system, which has no
+# authorized key, boots and refuses the tool's login after the reboot phase:
+# installed, not verified, exit status 0.
 set -euo pipefail
 source "$(dirname "$0")/../lib/harness.sh"
 source "$VM_TESTS_DIR/lib/demo.sh"
@@ -108,4 +110,18 @@ echo "  traced $execs execve calls in the installer, $host_execs on the host"
 for f in guest-trace.log host-trace.log cut.json.log cut.json rerun.json.log script.json.log; do
 	! grep -qF "$key" "$VM_RUN_DIR/$f" || fail "the key appears in $f"
 done
-echo "failures named their step and left the installer up; the key stayed secret; a cut install resumed"
+
+# The rerun installed no authorized key (no --extra-files): the installed
+# system boots but refuses the login. That is "installed, not verified", exit
+# status 0, so that an orchestrator does not reinstall it.
+install_run "$tool" "$VM_RUN_DIR/unverified.json" --flake "$flake#demo" --phases reboot \
+	--reboot-deadline 5m "${target[@]}" &
+tool_pid=$!
+vm_wait_exit inst 300
+vm_boot_disk booted uefi "$(vm_disk inst 0)" "$port"
+wait "$tool_pid" || fail "a system that refuses the login failed the run"
+[[ $(jq -r .verified.result "$VM_RUN_DIR/unverified.json") == not_verified ]] ||
+	fail "not reported as not verified: $(jq -c .verified "$VM_RUN_DIR/unverified.json")"
+grep 'installed, not verified' "$VM_RUN_DIR/unverified.json.log" | sed 's/^/  /'
+vm_stop booted
+echo "failures named their step and left the installer up; the key stayed secret; a cut install resumed; a locked-out system is installed, not verified"

@@ -1,0 +1,69 @@
+//! `--build-on remote`: the target's own Nix builds the system into `/mnt` over `ssh-ng`, driven
+//! from here, and the install goes on from there. The target is a real sshd in a mount
+//! namespace of its own (a tmpfs at `/mnt`), with Nix 2.8 configured as an installer's: it may
+//! substitute from its own store at `/` (nixos-images sets `extra-substituters = /`), which holds
+//! the demo system built here. The run is expected to stop at the boot loader check
+//! (`demo-no-bootloader` installs none): everything before it ran on the remotely built system.
+//!
+//! Needs root (namespaces) and Nix 2.8, like the other Nix tests.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use support::sshd::Sshd;
+
+const BIN: &str = env!("CARGO_BIN_EXE_nixos-anywhere-rs");
+
+fn demo() -> String {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(repo.join("fixtures/demo/build"))
+        .arg("demo-no-bootloader")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn the_target_builds_the_system_into_mnt_and_the_install_goes_on() {
+    let top = demo();
+    let sshd = Sshd::start_as_installer(
+        "build-users-group =\nsandbox = false\nsubstituters = /\nrequire-sigs = false\n\
+         experimental-features = nix-command flakes\n",
+    );
+    let flake = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo#demo-no-bootloader");
+    let out = Command::new(BIN)
+        .env("NIX_REMOTE", "local")
+        .env("NIXOS_ANYWHERE_RS_AGENT", BIN)
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("SSH_PRIVATE_KEY")
+        .arg("--flake")
+        .arg(&flake)
+        .args(["--build-on", "remote", "--phases", "install", "--json"])
+        .args(["--option", "build-users-group", ""])
+        .arg("-i")
+        .arg(&sshd.client_key)
+        .args(["-p", &sshd.port.to_string(), "root@127.0.0.1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("on the target, into /mnt") && stderr.contains(&format!("built {top}")),
+        "{stderr}"
+    );
+    // The remote build's result passed the closure check in the target's /mnt, and the steps
+    // ran up to the boot loader check.
+    assert!(
+        stderr.contains("[done] check that the 1 paths of the closure are valid")
+            && stderr.contains("[done] set the system profile to")
+            && stderr.contains("install step 7 (check that a boot loader is installed)"),
+        "{stderr}"
+    );
+    // Nothing of it reached this machine's /mnt.
+    assert!(!Path::new("/mnt/nix/var/nix/profiles/system").exists());
+}
