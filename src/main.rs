@@ -10,7 +10,9 @@ use nixos_anywhere_rs::{agent, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match cli.verbose {
+    // The install's --debug (nixos-anywhere's) shows every command, local and remote.
+    let debug = cli.command.is_none() && cli.install.debug;
+    let level = match cli.verbose.max(u8::from(debug)) {
         // russh's client logs an error for every packet size over 64 KiB, which we choose on
         // purpose (src/ssh); its real failures reach us as errors anyway.
         0 => "info,russh::client=off",

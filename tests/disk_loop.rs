@@ -335,7 +335,10 @@ fn destroy_stops_before_wiping_when_a_holder_stays() {
     let _ = holder.wait();
     let text = err.to_string();
     assert!(matches!(err, DiskError::Step(_)), "{text}");
-    assert!(text.contains("unmounting") && text.contains("busy"), "{text}");
+    assert!(
+        text.contains("unmounting") && text.contains("busy"),
+        "{text}"
+    );
     assert_eq!(fstype(&disk.dev), "ext4", "nothing was wiped");
     assert!(root.path().join("still-here").exists());
 }

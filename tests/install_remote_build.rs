@@ -42,7 +42,14 @@ fn the_target_builds_the_system_into_mnt_and_the_install_goes_on() {
         .env_remove("SSH_PRIVATE_KEY")
         .arg("--flake")
         .arg(&flake)
-        .args(["--build-on", "remote", "--phases", "install", "--json"])
+        .args([
+            "--build-on",
+            "remote",
+            "--phases",
+            "install",
+            "--json",
+            "--debug",
+        ])
         .args(["--option", "build-users-group", ""])
         .arg("-i")
         .arg(&sshd.client_key)
@@ -62,6 +69,11 @@ fn the_target_builds_the_system_into_mnt_and_the_install_goes_on() {
         stderr.contains("[done] check that the 1 paths of the closure are valid")
             && stderr.contains("[done] set the system profile to")
             && stderr.contains("install step 7 (check that a boot loader is installed)"),
+        "{stderr}"
+    );
+    // --debug shows the commands, local and remote.
+    assert!(
+        stderr.contains("remote command: ") && stderr.contains("nix --extra-experimental-features"),
         "{stderr}"
     );
     // Nothing of it reached this machine's /mnt.

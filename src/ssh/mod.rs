@@ -276,6 +276,8 @@ impl Session {
 
     /// Runs `command` as the login user.
     async fn exec_as_login(&self, command: &str) -> Result<Exec, SshError> {
+        // Commands carry no secret: passwords go to sudo on stdin, keys in messages.
+        tracing::debug!(dest = %self.state.dest, "remote command: {command}");
         let fail = |reason: String| SshError::Channel {
             dest: self.state.dest.clone(),
             command: command.to_owned(),
