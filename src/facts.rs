@@ -189,7 +189,8 @@ fn container() -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-fn on_path(program: &str) -> bool {
+/// Whether an executable `program` is on `PATH`.
+pub(crate) fn on_path(program: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin:/usr/sbin:/sbin".into());
     std::env::split_paths(&path).any(|dir| {
         fs::metadata(dir.join(program)).is_ok_and(|m| {

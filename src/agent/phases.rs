@@ -12,7 +12,8 @@ use crate::disk::plan::Mode;
 use crate::disk::run::{self as disk_run, RunOptions};
 use crate::install::files::{FileEntry, Root};
 use crate::install::{self, InstallEnv, InstallSpec, reboot};
-use crate::proto::{KeyFile, Reply, frame};
+use crate::plan::StepRecord;
+use crate::proto::{KeyFile, Reply, WireError, frame};
 
 /// tmpfs and ramfs: where a key may be written (it never reaches a disk).
 const RAM_FILE_SYSTEMS: [i64; 2] = [0x0102_1994, 0x8584_58f6];
@@ -94,22 +95,40 @@ pub fn disko(
         root_mountpoint: root_mountpoint.to_owned(),
         ..RunOptions::default()
     };
-    let mut reported = Ok(());
-    let (plan, _) = disk_run::run(layout, &opts, BTreeMap::new(), |record| {
-        if reported.is_ok() {
-            reported = frame::write_message(output, &Reply::Step(record.clone()), PEER)
-                .and_then(|()| output.flush().map_err(io_wire));
-        }
-    })
-    .map_err(PhaseError::from)?;
-    reported?;
+    let mut steps = StepReports::new(output);
+    let (plan, _) = disk_run::run(layout, &opts, BTreeMap::new(), |r| steps.report(r))
+        .map_err(PhaseError::from)?;
+    steps.result?;
     Ok(Reply::Disked {
         steps: plan.steps.len(),
     })
 }
 
-fn io_wire(source: std::io::Error) -> crate::proto::WireError {
-    crate::proto::WireError::Io { peer: PEER, source }
+/// Sends each step's record to the tool as it ends; the first failure to send is kept (the
+/// steps go on: what they do must not stop half-way because the tool went away).
+struct StepReports<'w, W> {
+    output: &'w mut W,
+    result: Result<(), WireError>,
+}
+
+impl<'w, W: Write> StepReports<'w, W> {
+    fn new(output: &'w mut W) -> Self {
+        Self {
+            output,
+            result: Ok(()),
+        }
+    }
+
+    fn report(&mut self, record: &StepRecord) {
+        if self.result.is_ok() {
+            self.result = frame::write_message(self.output, &Reply::Step(record.clone()), PEER)
+                .and_then(|()| {
+                    self.output
+                        .flush()
+                        .map_err(|source| WireError::Io { peer: PEER, source })
+                });
+        }
+    }
 }
 
 pub fn put_files(root: &Path, entries: &[FileEntry]) -> Result<Reply, PhaseError> {
@@ -126,15 +145,9 @@ pub fn put_files(root: &Path, entries: &[FileEntry]) -> Result<Reply, PhaseError
 pub fn install(spec: InstallSpec, output: &mut impl Write) -> Result<Reply, AgentError> {
     let exe = std::env::current_exe().map_err(PhaseError::SelfPath)?;
     let mut env = InstallEnv::new(spec, exe);
-    let mut reported = Ok(());
-    let records = install::run(&mut env, |record| {
-        if reported.is_ok() {
-            reported = frame::write_message(output, &Reply::Step(record.clone()), PEER)
-                .and_then(|()| output.flush().map_err(io_wire));
-        }
-    })
-    .map_err(PhaseError::Install)?;
-    reported?;
+    let mut steps = StepReports::new(output);
+    let records = install::run(&mut env, |r| steps.report(r)).map_err(PhaseError::Install)?;
+    steps.result?;
     Ok(Reply::Installed {
         steps: records.len(),
         bootloader: env.bootloader.unwrap_or_default(),

@@ -15,7 +15,7 @@ pub use nar::NarCommand;
 
 use std::io::IsTerminal;
 
-use crate::ssh::{ConfigReader, Password, Resolver, SshError, SshOptions, Target};
+use crate::ssh::{Password, Resolver, SshError, SshOptions, Target};
 
 pub mod install;
 
@@ -156,15 +156,11 @@ impl SshArgs {
     /// The target and its options, as OpenSSH would resolve `destination` (`ssh -G` with the
     /// config file, then the command line's options, which win).
     pub fn resolve(&self, destination: &str) -> Result<(Target, SshOptions), SshError> {
-        // The keys given with -i are tried on every hop, jump hosts included.
-        let mut base = SshOptions::from_env();
-        base.identity_files.extend(self.identity.iter().cloned());
-        let resolver = Resolver {
-            reader: ConfigReader::from_path_env(),
-            config_file: self.config_file.clone(),
-            base,
-        };
-        let (target, mut opts) = resolver.resolve(&self.options, &[], self.port, destination)?;
+        let (target, mut opts) = Resolver::from_command_line(
+            self.config_file.clone(),
+            &self.identity,
+        )
+        .resolve(&self.options, &[], self.port, destination)?;
         if self.env_password {
             opts.password = Some(Password::from_env()?);
         }

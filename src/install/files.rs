@@ -421,36 +421,26 @@ pub fn copy_host_keys(root: &Root, from: &Path) -> Result<Vec<String>, FilesErro
         .filter(|n| n.starts_with("ssh_host_"))
         .collect();
     names.sort();
-    let etc_ssh = FileEntry {
-        path: "etc/ssh".into(),
-        mode: 0o755,
-        kind: EntryKind::Dir,
-    };
-    let etc = FileEntry {
-        path: "etc".into(),
-        mode: 0o755,
-        kind: EntryKind::Dir,
-    };
+    for dir in ["etc", "etc/ssh"] {
+        if root.dir_at(Some(dir)).is_err() {
+            root.write(&FileEntry {
+                path: dir.into(),
+                mode: 0o755,
+                kind: EntryKind::Dir,
+            })?;
+        }
+    }
+    let etc_ssh = root.dir_at(Some("etc/ssh")).map_err(root.fail("etc/ssh"))?;
     let mut copied = Vec::new();
     for name in names {
-        let rel = format!("etc/ssh/{name}");
-        let there = root.dir_at(Some("etc/ssh")).ok().is_some_and(|d| {
-            rustix::fs::statat(&d, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok()
-        });
-        if there {
+        if rustix::fs::statat(&etc_ssh, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
             continue;
-        }
-        if root.dir_at(Some("etc/ssh")).is_err() {
-            if root.dir_at(Some("etc")).is_err() {
-                root.write(&etc)?;
-            }
-            root.write(&etc_ssh)?;
         }
         let path = from.join(&name);
         let meta = std::fs::metadata(&path).map_err(read(&path))?;
         let data = std::fs::read(&path).map_err(read(&path))?;
         root.write(&FileEntry {
-            path: rel,
+            path: format!("etc/ssh/{name}"),
             mode: meta.mode() & 0o7777,
             kind: EntryKind::File { offset: 0, data },
         })?;

@@ -431,15 +431,11 @@ pub fn check_bootloader(root: &Path, disks: &[String]) -> Result<String, Install
 }
 
 fn vfat_mounts_below(root: &Path) -> Result<Vec<PathBuf>, InstallError> {
-    let info = Path::new("/proc/self/mountinfo");
-    let text = std::fs::read_to_string(info).map_err(io(info))?;
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let point = PathBuf::from(crate::facts::unescape_octal(line.split(' ').nth(4)?));
-            let fstype = line.split(" - ").nth(1)?.split(' ').next()?;
-            (fstype == "vfat" && point.starts_with(root)).then_some(point)
-        })
+    let mounts = crate::disk::unmount::mounts_below(root).map_err(io(root))?;
+    Ok(mounts
+        .into_iter()
+        .filter(|m| m.fstype == "vfat")
+        .map(|m| m.point)
         .collect())
 }
 

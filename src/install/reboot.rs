@@ -38,7 +38,7 @@ pub struct TakenDown {
 pub fn reboot(root: &Path) -> Result<TakenDown, RebootError> {
     let mut done = take_down(root)?;
     rustix::fs::sync();
-    if on_path("zpool") {
+    if crate::facts::on_path("zpool") {
         // Pools are exported after their file systems are unmounted.
         Cmd::new("zpool")
             .args(["export", "-a"])
@@ -70,17 +70,9 @@ pub fn reboot(root: &Path) -> Result<TakenDown, RebootError> {
 /// Unmounts and turns swap off, without rebooting.
 pub fn take_down(root: &Path) -> Result<TakenDown, RebootError> {
     let mut done = TakenDown::default();
-    let info = std::fs::read_to_string("/proc/self/mountinfo")
+    let mounts = crate::disk::unmount::mounts_below(root)
         .map_err(|e| RebootError::Read("/proc/self/mountinfo", e))?;
-    let mut points: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(crate::facts::unescape_octal(p)))
-        .filter(|p| p.starts_with(root))
-        .collect();
-    // Deepest first; a point mounted twice is unmounted twice.
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for point in points {
+    for crate::disk::unmount::Mount { point, .. } in mounts {
         match rustix::mount::unmount(&point, UnmountFlags::empty()) {
             Ok(()) => done.unmounted.push(point),
             Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => {}
@@ -116,9 +108,4 @@ fn swapoff(dev: &str) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }

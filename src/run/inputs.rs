@@ -190,7 +190,7 @@ pub fn prepare(request: &InputsRequest) -> Result<Inputs, InputError> {
 }
 
 /// `nix SUBCOMMAND...` with the flake features, `--option`s, `-L` and `--show-trace` as asked.
-fn nix(build: &Build, subcommand: &[&str]) -> Cmd {
+pub(crate) fn nix(build: &Build, subcommand: &[&str]) -> Cmd {
     let mut cmd = Cmd::new("nix")
         .args(["--extra-experimental-features", "nix-command flakes"])
         .args(subcommand)
@@ -208,7 +208,7 @@ fn nix(build: &Build, subcommand: &[&str]) -> Cmd {
 }
 
 /// The `out` path in `nix build --json`'s answer.
-fn built_path(what: &str, json: &[u8]) -> Result<StorePath, InputError> {
+pub(crate) fn built_path(what: &str, json: &[u8]) -> Result<StorePath, InputError> {
     let value: serde_json::Value = serde_json::from_slice(json).unwrap_or_default();
     let out = value[0]["outputs"]["out"].as_str().unwrap_or_default();
     store_path(what, if out.is_empty() { json } else { out.as_bytes() })

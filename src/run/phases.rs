@@ -22,8 +22,7 @@ use crate::plan::{Outcome, StepRecord};
 use crate::proto::KeyFile;
 use crate::remote::{self, Agent, RemoteError};
 use crate::ssh::{
-    ConfigReader, HostKeyPin, KeyText, Password, Resolver, Session, SshError, SshOptions, Target,
-    shell_quote,
+    HostKeyPin, KeyText, Password, Resolver, Session, SshError, SshOptions, Target, shell_quote,
 };
 use crate::transfer::Compression;
 
@@ -117,19 +116,13 @@ fn show_step(record: &StepRecord) {
 
 /// The target and the SSH options of `settings`, resolved as `ssh` would.
 pub fn ssh_target(settings: &SshSettings) -> Result<(Target, SshOptions), SshError> {
-    let mut base = SshOptions::from_env();
-    base.identity_files
-        .extend(settings.identity_files.iter().cloned());
-    if let Some(key) = &settings.private_key {
-        base.private_key = Some(KeyText::new(
-            String::from_utf8_lossy(key.expose()).into_owned(),
-        ));
-    }
-    let resolver = Resolver {
-        reader: ConfigReader::from_path_env(),
-        config_file: settings.config_file.clone(),
-        base,
-    };
+    let mut resolver =
+        Resolver::from_command_line(settings.config_file.clone(), &settings.identity_files);
+    // SSH_PRIVATE_KEY counts only without -i, as in nixos-anywhere (the request says which).
+    resolver.base.private_key = settings
+        .private_key
+        .as_ref()
+        .map(|key| KeyText::new(String::from_utf8_lossy(key.expose()).into_owned()));
     let (target, mut opts) =
         resolver.resolve(&settings.options, &[], settings.port, &settings.destination)?;
     if let Some(password) = &settings.password {
@@ -254,7 +247,7 @@ async fn phases(
     request: &InstallRequest,
     prepared: &Inputs,
     keys: Vec<crate::cli::install::ReadKey>,
-    extra: Vec<files::FileEntry>,
+    mut extra: Vec<files::FileEntry>,
     (session, remote): (&Session, Option<&Arc<RemoteBuild>>),
     agent: &mut Agent,
     target: &Target,
@@ -397,7 +390,7 @@ async fn phases(
                 };
                 if !extra.is_empty() {
                     let n = extra.len();
-                    for batch in files::batches(extra.clone()) {
+                    for batch in files::batches(std::mem::take(&mut extra)) {
                         agent
                             .client
                             .put_files(root, batch)
@@ -467,22 +460,14 @@ fn disk_mode(mode: DiskoMode) -> Mode {
     }
 }
 
-/// The disks of the layout, whose MBR may hold a BIOS boot loader.
+/// The disks of the layout, whose MBR may hold a BIOS boot loader. A layout the disk layer
+/// cannot read names none (the disko phase, if it runs, says why).
 fn boot_disks(prepared: &Inputs) -> Vec<String> {
     let Some(LayoutInput::Json(json)) = &prepared.layout else {
         return Vec::new();
     };
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
-        return Vec::new();
-    };
-    value["disk"]
-        .as_object()
-        .map(|disks| {
-            disks
-                .values()
-                .filter_map(|d| d["device"].as_str().map(str::to_owned))
-                .collect()
-        })
+    crate::disk::layout::parse(json, &[])
+        .map(|layout| layout.disk.into_iter().map(|d| d.device).collect())
         .unwrap_or_default()
 }
 

@@ -13,7 +13,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::cli::install::{Build, SshSettings};
-use crate::exec::{Cmd, CmdError};
+use crate::exec::CmdError;
 use crate::ssh::{HostKeyPin, Target};
 use crate::store::StorePath;
 
@@ -139,28 +139,17 @@ impl RemoteBuild {
 
     /// Builds `installable` on the target into its root's store; returns the output.
     pub fn build(&self, build: &Build, installable: &str) -> Result<StorePath, RemoteBuildError> {
-        let mut cmd = Cmd::new("nix")
-            .args(["--extra-experimental-features", "nix-command flakes"])
-            .args(["build", "--no-link", "--json", "--no-write-lock-file"])
+        let out = super::inputs::nix(build, &["build", "--no-link", "--json"])
             .args(["--eval-store", "auto", "--store"])
             .arg(&self.store)
-            .env("NIX_SSHOPTS", &self.ssh_opts);
-        for option in &build.nix_options {
-            cmd = cmd.arg("--option").arg(&option.key).arg(&option.value);
-        }
-        if build.print_build_logs {
-            cmd = cmd.arg("-L");
-        }
-        let out = cmd
+            .env("NIX_SSHOPTS", &self.ssh_opts)
             .arg(installable)
             .output()
             .map_err(|source| RemoteBuildError::Build {
                 installable: installable.to_owned(),
                 source,
             })?;
-        let value: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
-        let path = value[0]["outputs"]["out"].as_str().unwrap_or_default();
-        StorePath::parse(path)
+        super::inputs::built_path(installable, &out)
             .map_err(|_| RemoteBuildError::Output(String::from_utf8_lossy(&out).into_owned()))
     }
 }

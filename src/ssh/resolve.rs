@@ -44,6 +44,19 @@ impl SshOptions {
 }
 
 impl Resolver {
+    /// `ssh [-F config_file] [-i identity]...`: the environment's settings, this machine's ssh
+    /// configuration (or `config_file`), and the keys given with `-i`, which are tried on every
+    /// hop, jump hosts included.
+    pub fn from_command_line(config_file: Option<PathBuf>, identity: &[PathBuf]) -> Self {
+        let mut base = SshOptions::from_env();
+        base.identity_files.extend(identity.iter().cloned());
+        Resolver {
+            reader: ConfigReader::from_path_env(),
+            config_file,
+            base,
+        }
+    }
+
     /// See [`SshOptions::resolve`].
     pub fn resolve(
         &self,

@@ -40,6 +40,23 @@ pub enum Holder {
 }
 
 impl Holder {
+    /// Lets go of the device: a mount natively (`umount -R`; busybox's umount has no -R),
+    /// the rest through their tools.
+    fn release(&self) -> Result<(), ExecError> {
+        if let Holder::Mount { target, .. } = self {
+            crate::disk::unmount::unmount_tree(Path::new(target)).map_err(|e| ExecError::Io {
+                path: target.clone(),
+                source: e,
+            })?;
+            return Ok(());
+        }
+        for cmd in self.command()? {
+            tracing::info!(command = %cmd, "releasing {}", self.describe());
+            cmd.run()?;
+        }
+        Ok(())
+    }
+
     fn command(&self) -> Result<Vec<Cmd>, ExecError> {
         Ok(match self {
             // Unmounted natively by `release`.
@@ -168,25 +185,12 @@ fn walk(d: &BlockDev, disk: &str, root: &str, out: &mut Vec<Holder>) -> Result<(
 /// Releases every holder of `device`, stopping at the first that fails.
 pub fn release(device: &str, root: &str) -> Result<(), ExecError> {
     for h in holders(device, root)? {
-        if let Holder::Mount { target, .. } = &h {
-            // `umount -R`, natively (busybox's umount has no -R).
-            crate::disk::unmount::unmount_tree(Path::new(target)).map_err(|e| {
-                ExecError::Release {
-                    device: device.to_owned(),
-                    what: h.describe(),
-                    message: e.to_string(),
-                }
-            })?;
-            continue;
-        }
-        for cmd in h.command()? {
-            tracing::info!(command = %cmd, "releasing {}", h.describe());
-            cmd.run().map_err(|e| ExecError::Release {
-                device: device.to_owned(),
-                what: h.describe(),
-                message: e.to_string(),
-            })?;
-        }
+        let failed = |message: String| ExecError::Release {
+            device: device.to_owned(),
+            what: h.describe(),
+            message,
+        };
+        h.release().map_err(|e| failed(e.to_string()))?;
     }
     // Whatever the kernel still lists under the disk must be gone now.
     let left: Vec<String> = holders(device, root)?
