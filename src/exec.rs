@@ -80,8 +80,8 @@ impl Cmd {
         self
     }
 
-    /// Runs the command to completion and returns its standard output.
-    pub fn output(&self) -> Result<Vec<u8>, CmdError> {
+    /// The process to start, its start logged.
+    fn command(&self) -> Command {
         tracing::debug!(command = %self, "running");
         let mut command = Command::new(&self.argv[0]);
         command
@@ -90,6 +90,12 @@ impl Cmd {
         for key in &self.removed {
             command.env_remove(key);
         }
+        command
+    }
+
+    /// Runs the command to completion and returns its standard output.
+    pub fn output(&self) -> Result<Vec<u8>, CmdError> {
+        let mut command = self.command();
         command.stdin(if self.stdin.is_some() {
             Stdio::piped()
         } else {
@@ -116,6 +122,49 @@ impl Cmd {
             });
         }
         Ok(out.stdout)
+    }
+
+    /// Runs the command with its standard output copied into `out` as it comes (a NAR, say),
+    /// and no input. A command that fails is an error of kind `Other` carrying its
+    /// [`CmdError`]; an `out` that fails (a broken pipe) stops the command and is returned as
+    /// it is.
+    pub fn stream_stdout(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let mut command = self.command();
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|source| {
+            std::io::Error::other(CmdError::Spawn {
+                argv: self.to_string(),
+                source,
+            })
+        })?;
+        // Standard error is read beside, so that neither pipe can fill up and stall the other.
+        let mut stderr = child.stderr.take().expect("stderr was piped");
+        let errors = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stderr, &mut text);
+            text
+        });
+        let mut stdout = child.stdout.take().expect("stdout was piped");
+        let copied = std::io::copy(&mut stdout, out);
+        if copied.is_err() {
+            let _ = child.kill();
+        }
+        drop(stdout);
+        let status = child.wait();
+        let stderr = String::from_utf8_lossy(&errors.join().unwrap_or_default()).into_owned();
+        copied?;
+        let status = status?;
+        if !status.success() {
+            return Err(std::io::Error::other(CmdError::Failed {
+                argv: self.to_string(),
+                status,
+                stderr,
+            }));
+        }
+        Ok(())
     }
 
     /// Runs the command to completion, discarding its output.

@@ -11,7 +11,7 @@ use tokio::io::AsyncWrite;
 use nixos_anywhere_rs::progress::Progress;
 use nixos_anywhere_rs::proto::{self, Reply, Request, frame};
 use nixos_anywhere_rs::remote::{AgentClient, ClientError};
-use nixos_anywhere_rs::store::{PathInfo, StorePath, query_closure};
+use nixos_anywhere_rs::store::{NarSource, PathInfo, StorePath, query_closure};
 use nixos_anywhere_rs::transfer::{Compression, FrameSink};
 
 mod nix_oracle;
@@ -55,7 +55,9 @@ async fn transfer(
         .cloned()
         .collect();
     let mut progress = Progress::new(missing.len() as u64, 0);
-    let transfer = client.receive(&missing, compression, &mut progress).await?;
+    let transfer = client
+        .receive(&NarSource::Local, &missing, compression, &mut progress)
+        .await?;
     client.bye().await;
     assert!(agent.wait().await.unwrap().success());
     Ok(transfer.paths)
@@ -300,7 +302,12 @@ async fn a_dropped_connection_leaves_a_consistent_store_and_a_rerun_sends_only_t
         client.open_store(&root).await.unwrap();
         let mut progress = Progress::new(closure.len() as u64, 0);
         let result = client
-            .receive(&closure, Compression::None, &mut progress)
+            .receive(
+                &NarSource::Local,
+                &closure,
+                Compression::None,
+                &mut progress,
+            )
             .await;
         assert!(result.is_err(), "the transfer survived a cut at {fraction}");
         drop(client);
@@ -345,7 +352,12 @@ async fn a_killed_agent_leaves_a_consistent_store_and_a_rerun_completes() {
         });
         let mut progress = Progress::new(closure.len() as u64, 0);
         let result = client
-            .receive(&closure, Compression::Level(1), &mut progress)
+            .receive(
+                &NarSource::Local,
+                &closure,
+                Compression::Level(1),
+                &mut progress,
+            )
             .await;
         let placed = killer.join().unwrap();
         let _ = agent.wait().await;
@@ -371,7 +383,12 @@ async fn an_agent_left_in_silence_gives_up_and_frees_the_store_for_a_rerun() {
     let (mut agent, mut client) = held_agent(&root, hold_after, &["--give-up-after", "2"]).await;
     let started = std::time::Instant::now();
     let mut progress = Progress::new(closure.len() as u64, 0);
-    let receive = client.receive(&closure, Compression::Level(1), &mut progress);
+    let receive = client.receive(
+        &NarSource::Local,
+        &closure,
+        Compression::Level(1),
+        &mut progress,
+    );
     let result = tokio::time::timeout(std::time::Duration::from_secs(60), receive)
         .await
         .expect("the agent did not give up within a minute");
@@ -517,7 +534,12 @@ async fn the_agents_error_wins_over_the_broken_pipe_it_leaves() {
     gate.close();
     let mut progress = Progress::new(closure.len() as u64, 0);
     let err = client
-        .receive(&closure, Compression::None, &mut progress)
+        .receive(
+            &NarSource::Local,
+            &closure,
+            Compression::None,
+            &mut progress,
+        )
         .await
         .unwrap_err();
     assert!(gate.opened_by_broken_pipe(), "the pipe did not break first");

@@ -69,7 +69,9 @@ fn does<'p>(plan: &'p Value, phase: &str) -> &'p str {
 #[case("--flake .#a --disko-mode format,mount h", &[], |p: &Value| assert!(does(p, "disko").contains("format,mount"), "{}", does(p, "disko")))]
 #[case("--flake .#a --disko-mode mount h", &[], |p: &Value| assert!(does(p, "disko").contains("\"mount\""), "{}", does(p, "disko")))]
 #[case("--flake .#a --build-on remote h", &[], |p: &Value| assert!(does(p, "install").contains("with the target's Nix"), "{}", does(p, "install")))]
-#[case("--flake .#a h", &[], |p: &Value| assert!(does(p, "install").contains("stream the closure"), "{}", does(p, "install")))]
+#[case("--flake .#a h", &[], |p: &Value| assert!(does(p, "install").contains("stream the closure") && does(p, "install").contains("--build-on auto"), "{}", does(p, "install")))]
+#[case("--flake .#a --build-on local h", &[], |p: &Value| assert!(!does(p, "install").contains("target's Nix"), "{}", does(p, "install")))]
+#[case("--flake .#a --from file:///cache h", &[], |p: &Value| assert_eq!(p["request"]["build"]["from"], "file:///cache"))]
 #[case("--flake .#a --disk-encryption-keys /tmp/k /dev/null h", &[], |p: &Value| assert!(does(p, "disko").contains("1 disk-encryption key"), "{}", does(p, "disko")))]
 #[case("--flake .#a --reboot-deadline 90s h", &[], |p: &Value| assert!(does(p, "reboot").contains("90 s"), "{}", does(p, "reboot")))]
 #[case("--flake .#a --extra-files @DIR --chown /srv 1:1 --copy-host-keys h", &[], |p: &Value| {

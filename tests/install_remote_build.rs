@@ -79,3 +79,80 @@ fn the_target_builds_the_system_into_mnt_and_the_install_goes_on() {
     // Nothing of it reached this machine's /mnt.
     assert!(!Path::new("/mnt/nix/var/nix/profiles/system").exists());
 }
+
+/// A flake whose system is for another platform (aarch64-linux), built by a builder any
+/// platform runs.
+fn foreign_flake(dir: &Path) -> String {
+    std::fs::write(
+        dir.join("flake.nix"),
+        r#"{
+  outputs = _: {
+    nixosConfigurations.foreign.config.system.build.toplevel = derivation {
+      name = "foreign-system";
+      system = "aarch64-linux";
+      builder = "/bin/sh";
+      args = [ "-c" "echo > $out" ];
+    };
+  };
+}
+"#,
+    )
+    .unwrap();
+    format!("path:{}#foreign", dir.display())
+}
+
+/// `--build-on auto` (the default) builds where Nix can build for the system's platform, as
+/// nixos-anywhere decides it: on the target when this machine cannot, here when the platform
+/// is one of this machine's `extra-platforms` (compared whole, not as nixos-anywhere's quoted
+/// glob).
+#[test]
+fn build_on_auto_builds_where_the_platform_can_be_built() {
+    let sshd = Sshd::start_as_installer(
+        "build-users-group =\nsandbox = false\nsubstituters =\nrequire-sigs = false\n\
+         experimental-features = nix-command flakes\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let flake = foreign_flake(dir.path());
+    let install = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .env("NIX_REMOTE", "local")
+            .env("NIXOS_ANYWHERE_RS_AGENT", BIN)
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("SSH_PRIVATE_KEY")
+            .args(["--flake", &flake, "--phases", "install"])
+            .args(["--option", "build-users-group", ""])
+            .args(["--option", "sandbox", "false"])
+            .args(["--option", "substituters", ""])
+            .args(extra)
+            .arg("-i")
+            .arg(&sshd.client_key)
+            .args(["-p", &sshd.port.to_string(), "root@127.0.0.1"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        // Neither system is a NixOS one: both runs stop in the install phase.
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // This machine is x86_64-linux and cannot build for aarch64-linux: the target's Nix is
+    // asked (and, being x86_64-linux too, says it cannot).
+    let stderr = install(&[]);
+    assert!(
+        stderr.contains("--build-on auto: building aarch64-linux on the target")
+            && stderr.contains("on the target, into /mnt")
+            && stderr.contains("aarch64-linux"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("streaming the closure"), "{stderr}");
+
+    // With aarch64-linux among this machine's extra-platforms, it is built here and streamed.
+    let stderr = install(&["--option", "extra-platforms", "i686-linux aarch64-linux"]);
+    assert!(
+        stderr.contains(
+            "--build-on auto: building aarch64-linux here: aarch64-linux is one of this \
+             machine's extra-platforms"
+        ) && stderr.contains("streaming the closure of /nix/store/"),
+        "{stderr}"
+    );
+}

@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 use nix_oracle::{BIN, assert_verifies, closure, path_infos};
 use nixos_anywhere_rs::run::copy::{self, CopyRequest, Destination};
 use nixos_anywhere_rs::ssh::{HostKeyPin, Password, Session, SshError, SshOptions, Target};
-use nixos_anywhere_rs::store::{StorePath, query_closure};
+use nixos_anywhere_rs::store::{NarSource, StorePath, query_closure};
 use nixos_anywhere_rs::transfer::Compression;
 use support::sshd::{SUDO_USER, Sshd};
 
@@ -70,6 +70,7 @@ async fn a_sudo_user_runs_the_agent_as_root_and_copies_into_a_root_owned_directo
             opts: Box::new(opts),
         },
         root: root.clone(),
+        source: NarSource::Local,
         closure,
         compression: Compression::Auto,
         dry_run: false,

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::SshArgs;
 use crate::run::copy::{CopyRequest, Destination};
-use crate::store::{self, StorePath};
+use crate::store::{self, NarSource, StorePath};
 use crate::transfer::Compression;
 
 #[derive(Debug, Args)]
@@ -30,6 +30,11 @@ pub struct CopyArgs {
     /// NARs uncompressed, or a level from 1 to 19.
     #[arg(long, value_name = "auto|none|LEVEL", default_value = "auto")]
     pub compress: Compression,
+    /// Read the closures from this Nix store instead of the local one, as `nix copy --from`: a
+    /// store root (`/DIR`, `local?root=/DIR`) is read directly, any other store
+    /// (`file:///cache`, `https://...`, `ssh://...`) through this machine's Nix.
+    #[arg(long, value_name = "STORE-URI")]
+    pub from: Option<String>,
     #[command(flatten)]
     pub ssh: SshArgs,
     /// Store paths (or links to them, such as ./result) whose closures are copied.
@@ -38,7 +43,7 @@ pub struct CopyArgs {
 }
 
 impl CopyArgs {
-    /// The copy these arguments ask for: destination resolved, closure read from the local Nix.
+    /// The copy these arguments ask for: destination resolved, closure read from the source.
     pub fn request(&self) -> Result<CopyRequest> {
         let destination = match self.to.as_str() {
             "local" => Destination::Local,
@@ -58,10 +63,19 @@ impl CopyArgs {
             .iter()
             .map(|p| resolve_store_path(p))
             .collect::<Result<Vec<_>>>()?;
+        let source = self
+            .from
+            .as_deref()
+            .map(NarSource::from_uri)
+            .unwrap_or_default();
+        let closure = source
+            .query_closure(&paths)
+            .with_context(|| format!("reading the closure from {source}"))?;
         Ok(CopyRequest {
             destination,
             root: self.root.clone(),
-            closure: store::query_closure(&paths)?,
+            source,
+            closure,
             compression: self.compress,
             dry_run: self.dry_run,
         })

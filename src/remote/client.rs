@@ -16,7 +16,7 @@ use crate::plan::StepRecord;
 use crate::progress::Progress;
 use crate::proto::frame::{self, Frame};
 use crate::proto::{AgentFailure, KeyFile, PROTOCOL_VERSION, Reply, Request, WireError};
-use crate::store::{PathInfo, StorePath};
+use crate::store::{NarSource, PathInfo, StorePath};
 use crate::transfer::{self, Compression, FrameSink, SendError, SendStats};
 
 const PEER: &str = "agent";
@@ -110,13 +110,14 @@ impl<R: AsyncRead + Unpin, W: FrameSink> AgentClient<R, W> {
         }
     }
 
-    /// Sends the NARs of `paths` (dependencies first) as one stream and waits until the agent
-    /// has verified, registered and synced them all.
+    /// Sends the NARs of `paths` (dependencies first, read from `source`) as one stream and
+    /// waits until the agent has verified, registered and synced them all.
     ///
     /// When the stream breaks, the agent has usually just said why (a hash mismatch names the
     /// path) and exited: its reply, not our broken pipe, is the error the user sees.
     pub async fn receive(
         &mut self,
+        source: &NarSource,
         paths: &[PathInfo],
         compression: Compression,
         progress: &mut Progress,
@@ -134,9 +135,10 @@ impl<R: AsyncRead + Unpin, W: FrameSink> AgentClient<R, W> {
         // Send and listen at once: the agent reports progress, or an error that ends the
         // transfer early (then the sending side is dropped).
         let wire_so_far = std::cell::Cell::new(0u64);
-        let send = transfer::send_nars(sources, compression, to_agent, |_, wire| {
-            wire_so_far.set(wire)
-        });
+        let send =
+            transfer::send_nars(source.clone(), sources, compression, to_agent, |_, wire| {
+                wire_so_far.set(wire)
+            });
         tokio::pin!(send);
         let mut sent: Option<SendStats> = None;
         let mut send_failed: Option<SendError> = None;

@@ -3,7 +3,7 @@
 //!
 //! The plan is plain data: the closure in dependency order and the paths the destination lacks,
 //! found without changing anything there, so `--dry-run` prints it and stops. Execution streams
-//! NARs from the local store into the destination's [`StoreRoot`], which verifies, registers and
+//! NARs from the source store (the local one, or `--from`'s) into the destination's [`StoreRoot`], which verifies, registers and
 //! syncs each one.
 
 use std::collections::BTreeSet;
@@ -14,12 +14,11 @@ use std::time::Instant;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::nar;
 use crate::pipe::pipe;
 use crate::progress::{Progress, mib};
 use crate::remote::{Agent, ClientError, RemoteError};
 use crate::ssh::{SshOptions, Target};
-use crate::store::{PathInfo, StoreError, StorePath, StoreRoot};
+use crate::store::{NarSource, PathInfo, StoreError, StorePath, StoreRoot};
 use crate::transfer::{self, Compression};
 
 /// Where a copy goes.
@@ -40,7 +39,9 @@ pub struct CopyRequest {
     pub destination: Destination,
     /// The store root there: a directory holding `nix/store` and `nix/var/nix/db`.
     pub root: PathBuf,
-    /// The closure to copy, dependencies first.
+    /// Where the closure is read from.
+    pub source: NarSource,
+    /// The closure to copy, dependencies first, as the source has it.
     pub closure: Vec<PathInfo>,
     pub compression: Compression,
     /// Plan, print, change nothing.
@@ -184,7 +185,7 @@ pub async fn run(request: CopyRequest) -> Result<Outcome, CopyError> {
         .await
 }
 
-/// Copies from the local store at `/` into the store root `request.root` on this machine.
+/// Copies from the source store into the store root `request.root` on this machine.
 pub fn copy_to_local(request: &CopyRequest) -> Result<Outcome, StoreError> {
     let started = Instant::now();
     let valid = StoreRoot::valid_paths_at(&request.root, request.closure.iter().map(|i| &i.path))?;
@@ -200,13 +201,21 @@ pub fn copy_to_local(request: &CopyRequest) -> Result<Outcome, StoreError> {
     let missing = plan.missing(&request.closure);
     let mut progress = Progress::new(missing.len() as u64, plan.nar_bytes_to_send);
 
-    // One thread serialises NARs from the local store while this one unpacks them: reading and
+    // One thread serialises NARs from the source while this one unpacks them: reading and
     // hashing overlap with writing, and the pipe bounds what is in flight.
     let (mut writer, reader) = pipe(16);
-    let sources: Vec<StorePath> = missing.iter().map(|i| i.path.clone()).collect();
-    let producer = std::thread::spawn(move || -> std::io::Result<()> {
-        for path in sources {
-            nar::dump(Path::new(&path.to_absolute()), &mut writer)?;
+    let paths: Vec<StorePath> = missing.iter().map(|i| i.path.clone()).collect();
+    let source = request.source.clone();
+    let producer = std::thread::spawn(move || -> Result<(), StoreError> {
+        for path in paths {
+            if let Err(e) = source.dump(&path, &mut writer) {
+                let store = source.to_string();
+                return Err(StoreError::Source {
+                    path,
+                    store,
+                    source: e,
+                });
+            }
         }
         Ok(())
     });
@@ -220,10 +229,10 @@ pub fn copy_to_local(request: &CopyRequest) -> Result<Outcome, StoreError> {
     progress.finish();
     // A broken pipe only means the receiving side stopped first; its error is the one to show.
     match produced {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            return Err(StoreError::io(Path::new(crate::store::STORE_DIR), e));
-        }
-        _ => {}
+        Err(StoreError::Source { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => return Err(e),
+        Ok(()) => {}
     }
     let received = received?;
     Ok(Outcome::Copied(Summary {
@@ -276,6 +285,7 @@ async fn with_agent(
         agent,
         &target.to_string(),
         root,
+        &request.source,
         &request.closure,
         request.compression,
         started,
@@ -285,11 +295,12 @@ async fn with_agent(
 }
 
 /// Opens the store root `root` on the agent's machine and streams what of `closure` it lacks
-/// (asked again once the store is locked), with a progress bar.
+/// (asked again once the store is locked) from `source`, with a progress bar.
 pub(crate) async fn stream_closure(
     agent: &mut Agent,
     destination: &str,
     root: &Path,
+    source: &NarSource,
     closure: &[PathInfo],
     compression: Compression,
     started: Instant,
@@ -308,7 +319,7 @@ pub(crate) async fn stream_closure(
         Some(
             agent
                 .client
-                .receive(&missing, compression, &mut progress)
+                .receive(source, &missing, compression, &mut progress)
                 .await?,
         )
     };

@@ -1,6 +1,6 @@
 //! What an install installs, made ready on this machine before the target is touched: the
 //! system's toplevel built (`--flake`) or given (`--store-paths`), its closure read from the
-//! local store, and the disk layout: `disko.devices` evaluated to JSON the way disko's own
+//! local store (or `--from`'s), and the disk layout: `disko.devices` evaluated to JSON the way disko's own
 //! examples were made (functions and `_`-internals dropped, `_index` and `_name` kept), or a
 //! layout file, or, for compatibility, a disko script to run on the installer.
 
@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use crate::cli::install::{Build, BuildOn, Layout, Phase, Source};
 use crate::exec::{Cmd, CmdError};
-use crate::store::{self, PathInfo, StoreError, StorePath};
+use crate::store::{NarSource, PathInfo, StoreError, StorePath};
 
 /// The Nix expression applied to `disko.devices` before it is printed as JSON: attributes whose
 /// name starts with `_` (but `_index` and `_name`) are left out unevaluated, and so are
@@ -49,6 +49,11 @@ pub enum LayoutInput {
 #[derive(Debug, Clone)]
 pub struct Inputs {
     pub system: StorePath,
+    /// Where the system is built: here ([`BuildOn::Local`], also for store paths) or by the
+    /// target's Nix in the install phase; never `Auto`, which is decided by now.
+    pub built_on: BuildOn,
+    /// Where the closures are read from.
+    pub source: NarSource,
     /// The system's closure, dependencies first (empty when the install phase does not run,
     /// or the target builds the system).
     pub closure: Vec<PathInfo>,
@@ -77,8 +82,11 @@ pub enum InputError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("reading the closure from this machine's Nix store: {0}")]
-    Closure(#[from] StoreError),
+    #[error("reading the closure from {store}: {source}")]
+    Closure {
+        store: String,
+        source: Box<StoreError>,
+    },
 }
 
 /// What [`prepare`] reads of the install request.
@@ -92,16 +100,35 @@ pub struct InputsRequest {
 /// Prepares what `request` installs: builds and evaluates a flake, or reads the store paths.
 /// The layout is read for the install phase too: its disks are where a BIOS boot loader goes.
 pub fn prepare(request: &InputsRequest) -> Result<Inputs, InputError> {
+    let source = request
+        .build
+        .from
+        .as_deref()
+        .map(NarSource::from_uri)
+        .unwrap_or_default();
+    let closure_of = |path: &StorePath| {
+        source
+            .query_closure(std::slice::from_ref(path))
+            .map_err(|e| InputError::Closure {
+                store: source.to_string(),
+                source: Box::new(e),
+            })
+    };
     let needs_layout =
         request.phases.contains(&Phase::Disko) || request.phases.contains(&Phase::Install);
+    // Store paths are built already.
+    let mut built_on = BuildOn::Local;
     let (system, layout) = match &request.source {
         Source::Flake { .. } => {
             let installable = request
                 .source
                 .installable("system.build.toplevel")
                 .expect("a flake");
-            tracing::info!("building {installable}");
-            let system = if request.build.on == BuildOn::Remote {
+            built_on = match request.build.on {
+                BuildOn::Auto => where_to_build(&request.build, &installable)?,
+                on => on,
+            };
+            let system = if built_on == BuildOn::Remote {
                 // Built by the target's Nix in the install phase; here only its path.
                 let out = nix(&request.build, &["eval", "--raw"])
                     .arg(format!("{installable}.outPath"))
@@ -112,6 +139,7 @@ pub fn prepare(request: &InputsRequest) -> Result<Inputs, InputError> {
                     })?;
                 store_path(&installable, &out)?
             } else {
+                tracing::info!("building {installable}");
                 // `--json` rather than `--print-out-paths`, which Nix before 2.11 lacks.
                 let out = nix(&request.build, &["build", "--no-link", "--json"])
                     .arg(&installable)
@@ -168,25 +196,117 @@ pub fn prepare(request: &InputsRequest) -> Result<Inputs, InputError> {
                 )),
                 Layout::DiskoScript(path) => {
                     let script = store_path("the disko script", path.to_string_lossy().as_bytes())?;
-                    let closure = store::query_closure(std::slice::from_ref(&script))?;
+                    let closure = closure_of(&script)?;
                     Some(LayoutInput::Script { script, closure })
                 }
             };
             (system.clone(), layout)
         }
     };
-    let remote =
-        request.build.on == BuildOn::Remote && matches!(request.source, Source::Flake { .. });
-    let closure = if request.phases.contains(&Phase::Install) && !remote {
-        store::query_closure(std::slice::from_ref(&system))?
+    let closure = if request.phases.contains(&Phase::Install) && built_on != BuildOn::Remote {
+        closure_of(&system)?
     } else {
         Vec::new()
     };
     Ok(Inputs {
         system,
+        built_on,
+        source,
         closure,
         layout,
     })
+}
+
+/// Where `--build-on auto` builds the system of `installable` (a toplevel), decided as
+/// nixos-anywhere's `checkBuildLocally` does: here when this machine's Nix builds for the
+/// system's platform (its own `system`, one of its `extra-platforms`, or a trivial build for
+/// that platform succeeds), else with the target's Nix.
+fn where_to_build(build: &Build, installable: &str) -> Result<BuildOn, InputError> {
+    let eval_error = |source| InputError::Eval {
+        installable: installable.to_owned(),
+        source,
+    };
+    let platform = nix(build, &["eval", "--raw"])
+        .arg(format!("{installable}.system"))
+        .output()
+        .map_err(eval_error)?;
+    let platform = String::from_utf8_lossy(&platform).trim().to_owned();
+    let mut config = Cmd::new("nix").args([
+        "--extra-experimental-features",
+        "nix-command",
+        "show-config",
+        "--json",
+    ]);
+    for option in &build.nix_options {
+        config = config.arg("--option").arg(&option.key).arg(&option.value);
+    }
+    let config: serde_json::Value = config
+        .output()
+        .ok()
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .unwrap_or_default();
+    let here = config["system"]["value"].as_str().unwrap_or_default();
+    // Each of the list, compared whole (nixos-anywhere's quoted glob matches only a list of
+    // one).
+    let extra = config["extra-platforms"]["value"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| p.as_str() == Some(&platform));
+    let why = if platform == here {
+        Some(format!("this machine is {here} too"))
+    } else if extra {
+        Some(format!(
+            "{platform} is one of this machine's extra-platforms"
+        ))
+    } else if can_build_for(build, &platform) {
+        Some(format!(
+            "this machine's Nix built a test derivation for {platform}"
+        ))
+    } else {
+        None
+    };
+    let on = if why.is_some() {
+        BuildOn::Local
+    } else {
+        BuildOn::Remote
+    };
+    let why = why.unwrap_or_else(|| {
+        format!("this machine ({here}) cannot build for {platform}; the target's Nix will")
+    });
+    tracing::info!(
+        "--build-on auto: building {platform} {}: {why}",
+        on_where(on)
+    );
+    Ok(on)
+}
+
+fn on_where(on: BuildOn) -> &'static str {
+    match on {
+        BuildOn::Remote => "on the target",
+        _ => "here",
+    }
+}
+
+/// Whether this machine's Nix builds a trivial derivation for `platform` (named after the
+/// time, so that no earlier result answers for it).
+fn can_build_for(build: &Build, platform: &str) -> bool {
+    let name_like = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    if platform.is_empty() || !platform.chars().all(name_like) {
+        return false;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let expr = format!(
+        "derivation {{ name = \"nixos-anywhere-rs-can-build-{nanos}\"; system = \"{platform}\"; \
+         builder = \"/bin/sh\"; args = [ \"-c\" \"echo > $out\" ]; }}"
+    );
+    nix(build, &["build", "--no-link", "--impure"])
+        .arg("--expr")
+        .arg(expr)
+        .run()
+        .is_ok()
 }
 
 /// `nix SUBCOMMAND...` with the flake features, `--option`s, `-L` and `--show-trace` as asked.

@@ -58,17 +58,22 @@ fn does(request: &InstallRequest, phase: Phase) -> String {
             serde_json::to_string(&request.disko.mode).unwrap_or_default()
         ),
         Phase::Install => {
-            let (system, remote) = match &request.source {
+            let (system, on) = match &request.source {
                 Source::Flake { flake, attr } => (
                     format!("{flake}#{attr}.system.build.toplevel"),
-                    request.build.on == BuildOn::Remote,
+                    request.build.on,
                 ),
-                Source::StorePaths { system, .. } => (system.to_string(), false),
+                Source::StorePaths { system, .. } => (system.to_string(), BuildOn::Local),
             };
-            let closure = if remote {
-                format!("build {system} with the target's Nix into /mnt (--build-on remote)")
-            } else {
-                format!("stream the closure of {system} into /mnt")
+            let closure = match on {
+                BuildOn::Remote => {
+                    format!("build {system} with the target's Nix into /mnt (--build-on remote)")
+                }
+                BuildOn::Local => format!("stream the closure of {system} into /mnt"),
+                BuildOn::Auto => format!(
+                    "stream the closure of {system} into /mnt, or build it with the target's \
+                     Nix if this machine cannot build for its platform (--build-on auto)"
+                ),
             };
             format!(
                 "{closure}, then what nixos-install does and the system's own switch-to-configuration boot"

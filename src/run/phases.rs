@@ -24,6 +24,7 @@ use crate::remote::{self, Agent, RemoteError};
 use crate::ssh::{
     HostKeyPin, KeyText, Password, Resolver, Session, SshError, SshOptions, Target, shell_quote,
 };
+use crate::store::NarSource;
 use crate::transfer::Compression;
 
 /// Where the installed system is mounted on the installer (disko's `rootMountPoint`).
@@ -106,6 +107,14 @@ fn announce(phase: Phase, what: &str) {
     eprintln!("==> {phase}: {what}");
 }
 
+/// ` from the store URI` for a `--from` source; nothing for the local store.
+fn from_where(source: &NarSource) -> String {
+    match source {
+        NarSource::Local => String::new(),
+        other => format!(" from {other}"),
+    }
+}
+
 fn show_step(record: &StepRecord) {
     let mark = match record.outcome {
         Outcome::Ran => "done",
@@ -170,7 +179,7 @@ pub async fn run(request: &InstallRequest) -> Result<RunRecord, RunError> {
         None => remote::agent_binary()?,
     };
     let mut agent = remote::start_agent(&session, &binary, opts.patience()).await?;
-    let remote = remote_build(request, settings, &target, &pin, &session).await?;
+    let remote = remote_build(request, &prepared, settings, &target, &pin, &session).await?;
     let result = phases(
         request,
         &prepared,
@@ -220,17 +229,18 @@ pub async fn run(request: &InstallRequest) -> Result<RunRecord, RunError> {
     Ok(record)
 }
 
-/// With `--build-on remote` (of a flake): checks that the target has Nix, before anything is
-/// changed, and prepares Nix's connection to it.
+/// When the system is built on the target (`--build-on remote`, or `auto` for a platform this
+/// machine cannot build): checks that the target has Nix, before anything is changed, and
+/// prepares Nix's connection to it.
 async fn remote_build(
     request: &InstallRequest,
+    prepared: &Inputs,
     settings: &SshSettings,
     target: &Target,
     pin: &HostKeyPin,
     session: &Session,
 ) -> Result<Option<Arc<RemoteBuild>>, RunError> {
-    let flake = matches!(request.source, crate::cli::install::Source::Flake { .. });
-    if request.build.on != BuildOn::Remote || !flake || !request.phases.contains(&Phase::Install) {
+    if prepared.built_on != BuildOn::Remote || !request.phases.contains(&Phase::Install) {
         return Ok(None);
     }
     let out = session.run("command -v nix-daemon", b"").await?;
@@ -320,12 +330,16 @@ async fn phases(
                     LayoutInput::Script { script, closure } => {
                         announce(
                             phase,
-                            &format!("copying the disko script {script} to the installer's store"),
+                            &format!(
+                                "copying the disko script {script}{} to the installer's store",
+                                from_where(&prepared.source)
+                            ),
                         );
                         let copied = super::copy::stream_closure(
                             agent,
                             &target.to_string(),
                             Path::new("/"),
+                            &prepared.source,
                             closure,
                             Compression::Auto,
                             Instant::now(),
@@ -371,12 +385,17 @@ async fn phases(
                     None => {
                         announce(
                             phase,
-                            &format!("streaming the closure of {} into {ROOT}", prepared.system),
+                            &format!(
+                                "streaming the closure of {}{} into {ROOT}",
+                                prepared.system,
+                                from_where(&prepared.source)
+                            ),
                         );
                         let copied = super::copy::stream_closure(
                             agent,
                             &target.to_string(),
                             root,
+                            &prepared.source,
                             &prepared.closure,
                             Compression::Auto,
                             Instant::now(),

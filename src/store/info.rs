@@ -45,17 +45,28 @@ impl<'de> Deserialize<'de> for NarHash {
 /// Asks Nix (`nix path-info --json -r`), which works for a user of a multi-user install as well
 /// as for root.
 pub fn query_closure(paths: &[StorePath]) -> Result<Vec<PathInfo>, StoreError> {
+    query_closure_in(None, paths)
+}
+
+/// The same, in the store `store` names (Nix's `--store`), or the local one.
+pub(super) fn query_closure_in(
+    store: Option<&str>,
+    paths: &[StorePath],
+) -> Result<Vec<PathInfo>, StoreError> {
     if paths.is_empty() {
         return Ok(Vec::new());
     }
-    let json = Cmd::new("nix")
-        .args([
-            "--extra-experimental-features",
-            "nix-command",
-            "path-info",
-            "--json",
-            "--recursive",
-        ])
+    let mut cmd = Cmd::new("nix").args([
+        "--extra-experimental-features",
+        "nix-command",
+        "path-info",
+        "--json",
+        "--recursive",
+    ]);
+    if let Some(store) = store {
+        cmd = cmd.args(["--store", store]);
+    }
+    let json = cmd
         .args(paths.iter().map(StorePath::to_absolute))
         .output()?;
     let infos: Vec<PathInfo> = serde_json::from_slice(&json).map_err(StoreError::PathInfoJson)?;

@@ -5,6 +5,7 @@ pub mod drv;
 pub mod info;
 pub mod path;
 mod root;
+mod source;
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,7 @@ pub use crate::nar::NarHash;
 pub use info::{PathInfo, dependency_order, query_closure};
 pub use path::{STORE_DIR, StorePath, StorePathError};
 pub use root::StoreRoot;
+pub use source::NarSource;
 
 use crate::exec::CmdError;
 use crate::nar::RestoreError;
@@ -62,6 +64,12 @@ pub enum StoreError {
         actual: NarHash,
         expected_size: u64,
         actual_size: u64,
+    },
+    #[error("reading {path} from {store}: {source}")]
+    Source {
+        path: StorePath,
+        store: String,
+        source: std::io::Error,
     },
     #[error("{path}: the derivation's outputs could not be read")]
     BadDerivation { path: StorePath },

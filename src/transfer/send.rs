@@ -1,9 +1,8 @@
-//! The sending half of the closure streamer: NARs straight from the local store, cut into
+//! The sending half of the closure streamer: NARs straight from their store, cut into
 //! blocks, compressed in parallel on a rayon pool, and written in order as [`crate::proto`]
 //! frames. With [`Compression::Auto`] the zstd level follows whichever of link and CPU is the
 //! bottleneck.
 
-use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,9 +13,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::auto::{AutoLevel, BlockTimes, LADDER};
-use crate::nar;
 use crate::proto::block::{self, BlockBuffer};
-use crate::store::StorePath;
+use crate::store::{NarSource, StorePath};
 
 /// Blocks in flight between the NAR reader and the channel (bounds the sender's memory).
 const IN_FLIGHT: usize = 6;
@@ -59,9 +57,10 @@ pub struct SendStats {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    #[error("reading {path} from the local store: {source}")]
+    #[error("reading {path} from {store}: {source}")]
     Read {
         path: StorePath,
+        store: String,
         source: std::io::Error,
     },
     #[error("writing to the agent: {0}")]
@@ -79,9 +78,10 @@ pub trait FrameSink: AsyncWrite + Unpin {
 /// A local child process (the agent in tests) reads its frames from a pipe.
 impl FrameSink for tokio::process::ChildStdin {}
 
-/// Streams the NARs of `paths`, in order, to `out` as block frames. `on_block` is called with
-/// the running NAR and wire byte counts after each block is written.
+/// Streams the NARs of `paths`, in order, read from `source`, to `out` as block frames.
+/// `on_block` is called with the running NAR and wire byte counts after each block is written.
 pub async fn send_nars<W: FrameSink>(
+    source: NarSource,
     paths: Vec<StorePath>,
     compression: Compression,
     out: &mut W,
@@ -108,8 +108,13 @@ pub async fn send_nars<W: FrameSink>(
             fixed_level.unwrap_or_else(|| LADDER[level_for_reader.load(Ordering::Relaxed)])
         });
         for path in paths {
-            nar::dump(Path::new(&path.to_absolute()), &mut cutter)
-                .map_err(|source| SendError::Read { path, source })?;
+            source
+                .dump(&path, &mut cutter)
+                .map_err(|e| SendError::Read {
+                    path,
+                    store: source.to_string(),
+                    source: e,
+                })?;
         }
         cutter.finish();
         Ok(())
