@@ -10,7 +10,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use support::sshd::Sshd;
 
@@ -27,6 +27,25 @@ fn demo() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// Runs the install phase alone of `flake` against `sshd` (with the local Nix's settings for
+/// root here), with `args` added.
+fn install_only(sshd: &Sshd, flake: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .env("NIX_REMOTE", "local")
+        .env("NIXOS_ANYWHERE_RS_AGENT", BIN)
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("SSH_PRIVATE_KEY")
+        .args(["--flake", flake, "--phases", "install"])
+        .args(["--option", "build-users-group", ""])
+        .args(args)
+        .arg("-i")
+        .arg(&sshd.client_key)
+        .args(["-p", &sshd.port.to_string(), "root@127.0.0.1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn the_target_builds_the_system_into_mnt_and_the_install_goes_on() {
     let top = demo();
@@ -35,28 +54,11 @@ fn the_target_builds_the_system_into_mnt_and_the_install_goes_on() {
          experimental-features = nix-command flakes\n",
     );
     let flake = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/demo#demo-no-bootloader");
-    let out = Command::new(BIN)
-        .env("NIX_REMOTE", "local")
-        .env("NIXOS_ANYWHERE_RS_AGENT", BIN)
-        .env_remove("SSH_AUTH_SOCK")
-        .env_remove("SSH_PRIVATE_KEY")
-        .arg("--flake")
-        .arg(&flake)
-        .args([
-            "--build-on",
-            "remote",
-            "--phases",
-            "install",
-            "--json",
-            "--debug",
-        ])
-        .args(["--option", "build-users-group", ""])
-        .arg("-i")
-        .arg(&sshd.client_key)
-        .args(["-p", &sshd.port.to_string(), "root@127.0.0.1"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = install_only(
+        &sshd,
+        &flake.display().to_string(),
+        &["--build-on", "remote", "--json", "--debug"],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
@@ -114,22 +116,12 @@ fn build_on_auto_builds_where_the_platform_can_be_built() {
     let dir = tempfile::tempdir().unwrap();
     let flake = foreign_flake(dir.path());
     let install = |extra: &[&str]| {
-        let out = Command::new(BIN)
-            .env("NIX_REMOTE", "local")
-            .env("NIXOS_ANYWHERE_RS_AGENT", BIN)
-            .env_remove("SSH_AUTH_SOCK")
-            .env_remove("SSH_PRIVATE_KEY")
-            .args(["--flake", &flake, "--phases", "install"])
-            .args(["--option", "build-users-group", ""])
-            .args(["--option", "sandbox", "false"])
-            .args(["--option", "substituters", ""])
-            .args(extra)
-            .arg("-i")
-            .arg(&sshd.client_key)
-            .args(["-p", &sshd.port.to_string(), "root@127.0.0.1"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let options = [
+            ["--option", "sandbox", "false"],
+            ["--option", "substituters", ""],
+        ];
+        let args: Vec<&str> = options.iter().flatten().chain(extra).copied().collect();
+        let out = install_only(&sshd, &flake, &args);
         // Neither system is a NixOS one: both runs stop in the install phase.
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()

@@ -63,11 +63,7 @@ impl CopyArgs {
             .iter()
             .map(|p| resolve_store_path(p))
             .collect::<Result<Vec<_>>>()?;
-        let source = self
-            .from
-            .as_deref()
-            .map(NarSource::from_uri)
-            .unwrap_or_default();
+        let source = NarSource::new(self.from.as_deref());
         let closure = source
             .query_closure(&paths)
             .with_context(|| format!("reading the closure from {source}"))?;

@@ -3,8 +3,8 @@
 //!
 //! The plan is plain data: the closure in dependency order and the paths the destination lacks,
 //! found without changing anything there, so `--dry-run` prints it and stops. Execution streams
-//! NARs from the source store (the local one, or `--from`'s) into the destination's [`StoreRoot`], which verifies, registers and
-//! syncs each one.
+//! NARs from the source store (the local one, or `--from`'s) into the destination's
+//! [`StoreRoot`], which verifies, registers and syncs each one.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -207,15 +207,8 @@ pub fn copy_to_local(request: &CopyRequest) -> Result<Outcome, StoreError> {
     let paths: Vec<StorePath> = missing.iter().map(|i| i.path.clone()).collect();
     let source = request.source.clone();
     let producer = std::thread::spawn(move || -> Result<(), StoreError> {
-        for path in paths {
-            if let Err(e) = source.dump(&path, &mut writer) {
-                let store = source.to_string();
-                return Err(StoreError::Source {
-                    path,
-                    store,
-                    source: e,
-                });
-            }
+        for path in &paths {
+            source.dump(path, &mut writer)?;
         }
         Ok(())
     });

@@ -1,8 +1,8 @@
 //! What an install installs, made ready on this machine before the target is touched: the
 //! system's toplevel built (`--flake`) or given (`--store-paths`), its closure read from the
-//! local store (or `--from`'s), and the disk layout: `disko.devices` evaluated to JSON the way disko's own
-//! examples were made (functions and `_`-internals dropped, `_index` and `_name` kept), or a
-//! layout file, or, for compatibility, a disko script to run on the installer.
+//! local store (or `--from`'s), and the disk layout: `disko.devices` evaluated to JSON the way
+//! disko's own examples were made (functions and `_`-internals dropped, `_index` and `_name`
+//! kept), or a layout file, or, for compatibility, a disko script to run on the installer.
 
 use std::path::PathBuf;
 
@@ -100,12 +100,7 @@ pub struct InputsRequest {
 /// Prepares what `request` installs: builds and evaluates a flake, or reads the store paths.
 /// The layout is read for the install phase too: its disks are where a BIOS boot loader goes.
 pub fn prepare(request: &InputsRequest) -> Result<Inputs, InputError> {
-    let source = request
-        .build
-        .from
-        .as_deref()
-        .map(NarSource::from_uri)
-        .unwrap_or_default();
+    let source = NarSource::new(request.build.from.as_deref());
     let closure_of = |path: &StorePath| {
         source
             .query_closure(std::slice::from_ref(path))
@@ -231,16 +226,13 @@ fn where_to_build(build: &Build, installable: &str) -> Result<BuildOn, InputErro
         .output()
         .map_err(eval_error)?;
     let platform = String::from_utf8_lossy(&platform).trim().to_owned();
-    let mut config = Cmd::new("nix").args([
+    let config = Cmd::new("nix").args([
         "--extra-experimental-features",
         "nix-command",
         "show-config",
         "--json",
     ]);
-    for option in &build.nix_options {
-        config = config.arg("--option").arg(&option.key).arg(&option.value);
-    }
-    let config: serde_json::Value = config
+    let config: serde_json::Value = with_options(config, build)
         .output()
         .ok()
         .and_then(|json| serde_json::from_slice(&json).ok())
@@ -253,39 +245,26 @@ fn where_to_build(build: &Build, installable: &str) -> Result<BuildOn, InputErro
         .into_iter()
         .flatten()
         .any(|p| p.as_str() == Some(&platform));
-    let why = if platform == here {
-        Some(format!("this machine is {here} too"))
+    let (on, why) = if platform == here {
+        (BuildOn::Local, format!("this machine is {here} too"))
     } else if extra {
-        Some(format!(
-            "{platform} is one of this machine's extra-platforms"
-        ))
+        let why = format!("{platform} is one of this machine's extra-platforms");
+        (BuildOn::Local, why)
     } else if can_build_for(build, &platform) {
-        Some(format!(
-            "this machine's Nix built a test derivation for {platform}"
-        ))
+        let why = format!("this machine's Nix built a test derivation for {platform}");
+        (BuildOn::Local, why)
     } else {
-        None
+        let why =
+            format!("this machine ({here}) cannot build for {platform}; the target's Nix will");
+        (BuildOn::Remote, why)
     };
-    let on = if why.is_some() {
-        BuildOn::Local
+    let place = if on == BuildOn::Remote {
+        "on the target"
     } else {
-        BuildOn::Remote
+        "here"
     };
-    let why = why.unwrap_or_else(|| {
-        format!("this machine ({here}) cannot build for {platform}; the target's Nix will")
-    });
-    tracing::info!(
-        "--build-on auto: building {platform} {}: {why}",
-        on_where(on)
-    );
+    tracing::info!("--build-on auto: building {platform} {place}: {why}");
     Ok(on)
-}
-
-fn on_where(on: BuildOn) -> &'static str {
-    match on {
-        BuildOn::Remote => "on the target",
-        _ => "here",
-    }
 }
 
 /// Whether this machine's Nix builds a trivial derivation for `platform` (named after the
@@ -311,18 +290,24 @@ fn can_build_for(build: &Build, platform: &str) -> bool {
 
 /// `nix SUBCOMMAND...` with the flake features, `--option`s, `-L` and `--show-trace` as asked.
 pub(crate) fn nix(build: &Build, subcommand: &[&str]) -> Cmd {
-    let mut cmd = Cmd::new("nix")
+    let cmd = Cmd::new("nix")
         .args(["--extra-experimental-features", "nix-command flakes"])
         .args(subcommand)
         .arg("--no-write-lock-file");
-    for option in &build.nix_options {
-        cmd = cmd.arg("--option").arg(&option.key).arg(&option.value);
-    }
+    let mut cmd = with_options(cmd, build);
     if build.print_build_logs {
         cmd = cmd.arg("-L");
     }
     if build.show_trace {
         cmd = cmd.arg("--show-trace");
+    }
+    cmd
+}
+
+/// `cmd` with the `--option KEY VALUE`s of the command line.
+fn with_options(mut cmd: Cmd, build: &Build) -> Cmd {
+    for option in &build.nix_options {
+        cmd = cmd.arg("--option").arg(&option.key).arg(&option.value);
     }
     cmd
 }

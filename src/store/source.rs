@@ -64,8 +64,22 @@ impl NarSource {
         info::query_closure_in(self.uri(), paths)
     }
 
-    /// Writes the NAR of `path` to `out`.
-    pub fn dump(&self, path: &StorePath, out: &mut impl Write) -> io::Result<()> {
+    /// The source `--from` names, or the local store without one.
+    pub fn new(from: Option<&str>) -> Self {
+        from.map(Self::from_uri).unwrap_or_default()
+    }
+
+    /// Writes the NAR of `path` to `out`. A failed `out` (a broken pipe) is the error's
+    /// `source`, of its own kind.
+    pub fn dump(&self, path: &StorePath, out: &mut impl Write) -> Result<(), StoreError> {
+        self.dump_io(path, out).map_err(|e| StoreError::Source {
+            path: path.clone(),
+            store: self.to_string(),
+            source: e,
+        })
+    }
+
+    fn dump_io(&self, path: &StorePath, out: &mut impl Write) -> io::Result<()> {
         match self {
             Self::Local => crate::nar::dump(Path::new(&path.to_absolute()), out).map(drop),
             Self::Root { root, .. } => crate::nar::dump(&path.under_root(root), out).map(drop),

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::auto::{AutoLevel, BlockTimes, LADDER};
 use crate::proto::block::{self, BlockBuffer};
-use crate::store::{NarSource, StorePath};
+use crate::store::{NarSource, StoreError, StorePath};
 
 /// Blocks in flight between the NAR reader and the channel (bounds the sender's memory).
 const IN_FLIGHT: usize = 6;
@@ -57,12 +57,8 @@ pub struct SendStats {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    #[error("reading {path} from {store}: {source}")]
-    Read {
-        path: StorePath,
-        store: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(StoreError),
     #[error("writing to the agent: {0}")]
     Write(#[source] std::io::Error),
 }
@@ -108,13 +104,7 @@ pub async fn send_nars<W: FrameSink>(
             fixed_level.unwrap_or_else(|| LADDER[level_for_reader.load(Ordering::Relaxed)])
         });
         for path in paths {
-            source
-                .dump(&path, &mut cutter)
-                .map_err(|e| SendError::Read {
-                    path,
-                    store: source.to_string(),
-                    source: e,
-                })?;
+            source.dump(&path, &mut cutter).map_err(SendError::Read)?;
         }
         cutter.finish();
         Ok(())
