@@ -73,30 +73,51 @@ impl Elevation {
         if facts.first() == Some(&"0") {
             return Ok(Self::Nothing);
         }
+        // What needs no password first: a user may have sudo installed without rights to
+        // it, and doas with `nopass`.
         if has("sudo-n") {
             return Ok(Self::SudoNoPassword);
         }
+        if has("doas-n") {
+            return Ok(Self::Doas);
+        }
+        // A user may have sudo installed without rights to it, which sudo tells only after
+        // a password: what doas would need is said alongside.
+        let doas_too = if has("doas") {
+            "; doas needs a password too, which it reads only from a terminal (add `nopass` \
+             to the user's rule in /etc/doas.conf)"
+        } else {
+            ""
+        };
         if has("sudo") {
             let password = match password {
                 Some(p) => p.clone(),
                 None if ask => {
                     Password::prompt(&format!("[sudo] password for {}: ", session.target()))
                         .ok_or_else(|| {
-                            fail("sudo needs a password and there is no terminal".into())
+                            fail(format!(
+                                "sudo needs a password and there is no terminal{doas_too}"
+                            ))
                         })?
                 }
                 None => {
-                    return Err(fail(
+                    return Err(fail(format!(
                         "sudo needs a password: pass --env-password with it in SSHPASS, or \
-                         run on a terminal to be asked"
-                            .to_owned(),
-                    ));
+                         run on a terminal to be asked{doas_too}"
+                    )));
                 }
             };
+            // Checked once here, so that a wrong password fails at once and says so: later,
+            // with the command's input still open, sudo would wait for another try.
+            let mut input = password.0.clone().into_bytes();
+            input.push(b'\n');
+            let check = session.run("sudo -S -k -p '' -- true", &input).await?;
+            if check.status != Some(0) {
+                return Err(fail(format!(
+                    "sudo refused the password (from --env-password or the terminal){doas_too}"
+                )));
+            }
             return Ok(Self::Sudo(password));
-        }
-        if has("doas-n") {
-            return Ok(Self::Doas);
         }
         if has("doas") {
             return Err(fail(
