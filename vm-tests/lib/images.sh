@@ -33,7 +33,10 @@ BASE_PACKAGES=(bash dash coreutils findutils grep sed util-linux kmod iproute2
 	openssh-server openssh-client tar gzip xz-utils zstd cpio)
 INSTALLER_PACKAGES=(kexec-tools jq e2fsprogs xfsprogs btrfs-progs dosfstools
 	cryptsetup-bin lvm2 mdadm gdisk fdisk parted)
-OTHER_PACKAGES=(sudo)
+OTHER_PACKAGES=(sudo opendoas)
+# The password of the other Linux's users alice (SSH and sudo) and doug (doas):
+# test data, like the test key.
+OTHER_PASSWORD=other-linux-password
 # strace: the install tests trace every execve in the installer (no secret in
 # any argument list).
 INSTALLER_PACKAGES+=(strace)
@@ -192,27 +195,46 @@ images__installer_root() {
 	EOF
 }
 
-# The "other Linux": Debian's os-release, a user with password-less sudo,
-# host keys and a machine-id made once, like an installed cloud VM.
+# The "other Linux": Debian's os-release, host keys and a machine-id made
+# once, like an installed cloud VM, and users who become root each their own
+# way (issue 14): debian (the harness's login) by password-less sudo, alice
+# (who logs in by password only) by sudo with her password, dora by doas with
+# `nopass`, doug by doas with a password (which doas reads only from a
+# terminal). Their password is $OTHER_PASSWORD; /srv/USER is a directory only
+# root may write to.
 images__other_root() {
-	local root=$1 kver=$2
+	local root=$1 kver=$2 user hash
 	images__base_root "$root" "$kver" debian "${BASE_MODULES[@]}"
 	images__add_packages "$root" "${OTHER_PACKAGES[@]}"
 	images__add "$root" /usr/libexec/sudo/sudoers.so \
 		/usr/lib/x86_64-linux-gnu/security/pam_permit.so \
-		/usr/lib/x86_64-linux-gnu/security/pam_deny.so
+		/usr/lib/x86_64-linux-gnu/security/pam_deny.so \
+		/usr/lib/x86_64-linux-gnu/security/pam_unix.so
 	images__add "$root" /usr/lib/os-release
 	ln -s ../usr/lib/os-release "$root/etc/os-release"
 
 	images__user "$root" debian 1000 1000 /home/debian
-	echo "sudo:x:27:debian" >> "$root/etc/group"
+	images__user "$root" alice 1001 1001 /home/alice
+	images__user "$root" dora 1002 1002 /home/dora
+	images__user "$root" doug 1003 1003 /home/doug
+	hash=$(printf %s "$OTHER_PASSWORD" | openssl passwd -6 -stdin)
+	sed -i -E "s#^(alice|doug):\*:#\1:$hash:#" "$root/etc/shadow"
+	echo "sudo:x:27:debian,alice" >> "$root/etc/group"
 	mkdir -p "$root/etc/pam.d"
-	# sudo asks PAM about the account and the session; nobody has a password.
-	printf '%s\n' 'auth required pam_deny.so' 'account required pam_permit.so' \
-		'session required pam_permit.so' > "$root/etc/pam.d/sudo"
+	# sudo and doas ask PAM; only a user's own password (pam_unix) authenticates.
+	printf '%s\n' 'auth sufficient pam_unix.so' 'auth required pam_deny.so' \
+		'account required pam_permit.so' 'session required pam_permit.so' |
+		tee "$root/etc/pam.d/sudo" > "$root/etc/pam.d/doas"
 	printf '%s\n' 'Defaults env_reset' 'root ALL=(ALL:ALL) ALL' \
-		'debian ALL=(ALL:ALL) NOPASSWD: ALL' > "$root/etc/sudoers"
+		'debian ALL=(ALL:ALL) NOPASSWD: ALL' 'alice ALL=(ALL:ALL) ALL' > "$root/etc/sudoers"
 	chmod 0440 "$root/etc/sudoers"
+	printf '%s\n' 'permit nopass dora as root' 'permit doug as root' > "$root/etc/doas.conf"
+	chmod 0400 "$root/etc/doas.conf"
+	# alice logs in with her password only.
+	printf '%s\n' 'Match User alice' '	PasswordAuthentication yes' >> "$root/etc/ssh/sshd_config"
+	for user in alice dora doug; do
+		mkdir -p "$root/srv/$user"
+	done
 
 	ssh-keygen -q -A -f "$root" > /dev/null
 	od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > "$root/etc/machine-id"
