@@ -23,6 +23,10 @@ pub struct Facts {
     pub has_sudo: bool,
     pub has_doas: bool,
     pub memory: Memory,
+    /// `/proc/sys/kernel/random/boot_id`: new with every boot, a kexec included.
+    pub boot_id: String,
+    /// Whether this kernel would load another one.
+    pub kexec: KexecSupport,
     pub disks: Vec<Disk>,
     pub interfaces: Vec<Interface>,
 }
@@ -33,6 +37,16 @@ pub struct OsRelease {
     pub id_like: Option<String>,
     pub variant_id: Option<String>,
     pub pretty_name: Option<String>,
+}
+
+/// What stands in the way of `kexec --load`, as the kernel says.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KexecSupport {
+    /// `/proc/sys/kernel/kexec_load_disabled` is 1: no kexec until the next boot.
+    pub load_disabled: bool,
+    /// The kernel lockdown mode (`integrity`, `confidentiality`; Secure Boot turns it on), when
+    /// it is not `none`: only kernels signed with a key the kernel trusts may be loaded.
+    pub lockdown: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
@@ -106,6 +120,10 @@ impl Facts {
             has_sudo: on_path("sudo"),
             has_doas: on_path("doas"),
             memory: Memory::read()?,
+            boot_id: fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|id| id.trim().to_owned())
+                .unwrap_or_default(),
+            kexec: KexecSupport::read(),
             disks: disks(Path::new("/sys/class/block"), &mounts)?,
             interfaces: interfaces(),
         })
@@ -156,6 +174,27 @@ impl OsRelease {
     /// nixos-anywhere's test: NixOS, and the installation-device profile's `VARIANT_ID`.
     pub fn is_installer(&self) -> bool {
         self.is_nixos() && self.variant_id.as_deref() == Some("installer")
+    }
+}
+
+impl KexecSupport {
+    fn read() -> Self {
+        let load_disabled = fs::read_to_string("/proc/sys/kernel/kexec_load_disabled")
+            .is_ok_and(|v| v.trim() == "1");
+        let lockdown = fs::read_to_string("/sys/kernel/security/lockdown")
+            .ok()
+            .and_then(|modes| Self::active_lockdown(&modes));
+        Self {
+            load_disabled,
+            lockdown,
+        }
+    }
+
+    /// The bracketed mode of `none [integrity] confidentiality`, unless it is `none`.
+    fn active_lockdown(modes: &str) -> Option<String> {
+        let start = modes.find('[')? + 1;
+        let len = modes[start..].find(']')?;
+        Some(modes[start..start + len].to_owned()).filter(|mode| mode != "none")
     }
 }
 
@@ -451,6 +490,21 @@ fn list(dir: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lockdown_is_the_bracketed_mode_unless_none() {
+        let mode = |text| KexecSupport::active_lockdown(text);
+        assert_eq!(mode("[none] integrity confidentiality\n"), None);
+        assert_eq!(
+            mode("none [integrity] confidentiality\n").as_deref(),
+            Some("integrity")
+        );
+        assert_eq!(
+            mode("none integrity [confidentiality]").as_deref(),
+            Some("confidentiality")
+        );
+        assert_eq!(mode(""), None);
+    }
 
     #[test]
     fn reads_os_release_as_nixos_anywhere_does() {

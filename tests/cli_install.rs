@@ -34,7 +34,7 @@ fn fixture(name: &str) -> PathBuf {
     assert_eq!((s.user.as_deref(), s.host.as_str(), s.port), (Some("root"), "h", None));
     assert_eq!(s.after_kexec, Reconnect { user: "root".into(), host: "h".into(), port: None });
     assert_eq!(s.connect_deadline_secs, 600);
-    assert_eq!(r.kexec, Kexec { image: KexecImage::Default, force: false, extra_flags: String::new(), deadline_secs: 600 });
+    assert_eq!(r.kexec, Kexec { image: KexecImage::Default, force: false, extra_flags: String::new(), deadline_secs: 600, new_host_key: false });
     assert!(r.substitution.on_destination && r.substitution.use_machine_substituters);
     assert_eq!(r.build.on, BuildOn::Auto);
     assert_eq!(r.build.ssh_store_settings, [KeyValue { key: "compress".into(), value: "true".into() }]);

@@ -98,6 +98,7 @@ pub fn run_on_stdio(give_up_after: Option<Duration>) -> Result<(), AgentError> {
     if let Ok(exe) = std::env::current_exe() {
         let _ = File::open(exe).and_then(|f| f.set_modified(SystemTime::now()));
     }
+    phases::watch_memory();
     let io_err = |e: std::io::Error| WireError::Io {
         peer: PEER,
         source: e,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{AgentError, PEER};
 use crate::disk::plan::Mode;
@@ -152,7 +153,30 @@ pub fn install(spec: InstallSpec, output: &mut impl Write) -> Result<Reply, Agen
         steps: records.len(),
         bootloader: env.bootloader.unwrap_or_default(),
         peak_rss_kib: peak_rss_kib(),
+        lowest_available_kib: LOWEST_AVAILABLE_KIB.load(Ordering::Relaxed),
     })
+}
+
+/// The lowest `MemAvailable` seen while this agent ran, in KiB (`u64::MAX`: not watched).
+static LOWEST_AVAILABLE_KIB: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Samples the machine's available memory four times a second, for the install's report (how
+/// close a small machine came to the OOM killer).
+pub(super) fn watch_memory() {
+    let sample = || {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    let _ = std::thread::Builder::new()
+        .name("memory".into())
+        .spawn(move || {
+            while let Some(kib) = sample() {
+                LOWEST_AVAILABLE_KIB.fetch_min(kib, Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+        });
 }
 
 /// This process's peak resident memory, in KiB (`VmHWM`).

@@ -139,6 +139,8 @@ pub enum Reply {
         bootloader: String,
         /// The agent's peak resident memory so far (the transfer included), in KiB.
         peak_rss_kib: u64,
+        /// The machine's lowest `MemAvailable` while the agent ran, in KiB.
+        lowest_available_kib: u64,
     },
     /// The file systems are down; the reboot follows in a moment.
     Rebooting(TakenDown),

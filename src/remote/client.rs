@@ -43,6 +43,16 @@ pub struct AgentClient<R, W> {
     to_agent: W,
 }
 
+/// What the install phase reports besides its steps.
+#[derive(Debug, Clone)]
+pub struct InstallReport {
+    pub bootloader: String,
+    /// The agent's peak resident memory (the transfer included), in KiB.
+    pub peak_rss_kib: u64,
+    /// The machine's lowest available memory while the agent ran, in KiB.
+    pub lowest_available_kib: Option<u64>,
+}
+
 /// What a transfer did, as the agent and the sender measured it.
 #[derive(Debug, Clone)]
 pub struct Transfer {
@@ -242,13 +252,13 @@ impl<R: AsyncRead + Unpin, W: FrameSink> AgentClient<R, W> {
         }
     }
 
-    /// nixos-install's steps on the target; returns where the boot loader was found and the
-    /// agent's peak resident memory in KiB.
+    /// nixos-install's steps on the target; returns where the boot loader was found and what
+    /// memory the agent and the machine had.
     pub async fn install(
         &mut self,
         spec: InstallSpec,
         on_step: impl FnMut(StepRecord),
-    ) -> Result<(String, u64), ClientError> {
+    ) -> Result<InstallReport, ClientError> {
         match self
             .request_with_steps(&Request::Install(Box::new(spec)), on_step)
             .await?
@@ -256,8 +266,14 @@ impl<R: AsyncRead + Unpin, W: FrameSink> AgentClient<R, W> {
             Reply::Installed {
                 bootloader,
                 peak_rss_kib,
+                lowest_available_kib,
                 ..
-            } => Ok((bootloader, peak_rss_kib)),
+            } => Ok(InstallReport {
+                bootloader,
+                peak_rss_kib,
+                lowest_available_kib: (lowest_available_kib != u64::MAX)
+                    .then_some(lowest_available_kib),
+            }),
             other => Err(unexpected("installed", other)),
         }
     }

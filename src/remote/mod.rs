@@ -4,5 +4,5 @@
 pub mod client;
 mod start;
 
-pub use client::{AgentClient, ClientError, Transfer};
+pub use client::{AgentClient, ClientError, InstallReport, Transfer};
 pub use start::{Agent, RemoteError, agent_binary, start_agent};

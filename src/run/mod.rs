@@ -4,8 +4,10 @@
 
 pub mod copy;
 pub mod facts;
+pub mod hardware;
 pub mod inputs;
 pub mod install;
+pub mod kexec;
 pub mod phases;
 pub mod remote_build;
 pub mod wait;

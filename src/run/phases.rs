@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::inputs::{self, InputError, Inputs, LayoutInput};
 use super::remote_build::{RemoteBuild, RemoteBuildError};
 use super::wait::{self, Verified};
+use super::{hardware, kexec};
 use crate::cli::install::{
     BuildOn, DiskoMode, InstallRequest, KeyError, KeySources, Phase, SshSettings,
 };
@@ -48,12 +49,10 @@ pub enum RunError {
     },
     #[error(transparent)]
     Remote(#[from] RemoteError),
-    #[error(
-        "{host} runs {os}, not a NixOS installer, and the kexec phase is not in this build \
-         (nothing was changed): boot the machine into a NixOS installer, or leave `kexec` out \
-         of --phases to install from the running system"
-    )]
-    NeedsKexec { host: String, os: String },
+    #[error(transparent)]
+    Kexec(#[from] kexec::KexecError),
+    #[error(transparent)]
+    Hardware(#[from] hardware::HardwareError),
     #[error(transparent)]
     RemoteBuild(#[from] RemoteBuildError),
     #[error(transparent)]
@@ -66,6 +65,9 @@ pub struct RunRecord {
     pub target: String,
     pub system: Option<String>,
     pub phases: Vec<PhaseRecord>,
+    /// What `--generate-hardware-config` wrote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hardware_config: Option<String>,
     /// After a reboot: whether the installed system answered and runs the system installed.
     pub verified: Option<Verified>,
     pub seconds: f64,
@@ -86,6 +88,9 @@ pub struct PhaseRecord {
     /// The agent's peak resident memory by the end of the phase (install), in KiB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_peak_rss_kib: Option<u64>,
+    /// The target's lowest available memory while the agent ran (install), in KiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lowest_available_kib: Option<u64>,
 }
 
 impl PhaseRecord {
@@ -98,6 +103,7 @@ impl PhaseRecord {
             copied: None,
             note: None,
             agent_peak_rss_kib: None,
+            lowest_available_kib: None,
         }
     }
 }
@@ -147,12 +153,11 @@ pub fn ssh_target(settings: &SshSettings) -> Result<(Target, SshOptions), SshErr
 pub async fn run(request: &InstallRequest) -> Result<RunRecord, RunError> {
     let started = Instant::now();
     let settings = request.target.as_ref().expect("an install has a target");
-    // Everything from this machine first: a failed build changes nothing on the target.
-    let prepared = {
-        let owned = clone_for_inputs(request);
-        tokio::task::spawn_blocking(move || inputs::prepare(&owned))
-            .await
-            .expect("preparing the inputs does not panic")?
+    // Everything from this machine first: a failed build changes nothing on the target. Only a
+    // system whose evaluation needs the hardware configuration this run writes is built later.
+    let mut prepared = match request.hardware_config {
+        None => Some(prepare(request).await?),
+        Some(_) => None,
     };
     let keys = if request.phases.contains(&Phase::Disko) {
         KeySources::new().read_all(&request.disk_encryption_keys)?
@@ -166,7 +171,7 @@ pub async fn run(request: &InstallRequest) -> Result<RunRecord, RunError> {
     let (target, opts) = ssh_target(settings)?;
     let mut record = RunRecord {
         target: target.to_string(),
-        system: Some(prepared.system.to_absolute()),
+        system: prepared.as_ref().map(|p| p.system.to_absolute()),
         ..RunRecord::default()
     };
     let pin = HostKeyPin::new();
@@ -179,6 +184,73 @@ pub async fn run(request: &InstallRequest) -> Result<RunRecord, RunError> {
         None => remote::agent_binary()?,
     };
     let mut agent = remote::start_agent(&session, &binary, opts.patience()).await?;
+    let facts = match agent.client.facts().await {
+        Ok(facts) => facts,
+        Err(e) => return Err(in_phase(Phase::Kexec, agent.abandon(e).await)),
+    };
+    let kexec = request.phases.contains(&Phase::Kexec);
+    let (session, target, opts, pin) = if kexec && (!facts.is_installer || request.kexec.force) {
+        agent.finish().await?;
+        let (installer, new_agent) = kexec_phase(
+            request,
+            settings,
+            session,
+            (&target, &opts, &pin),
+            &facts,
+            &binary,
+            &mut record,
+        )
+        .await?;
+        agent = new_agent;
+        (
+            installer.session,
+            installer.target,
+            installer.opts,
+            installer.pin,
+        )
+    } else {
+        if kexec {
+            announce(
+                Phase::Kexec,
+                "not needed: the target runs a NixOS installer",
+            );
+            let mut done = PhaseRecord::new(Phase::Kexec);
+            done.ran = false;
+            done.note = Some("the target runs a NixOS installer".into());
+            record.phases.push(done);
+        }
+        (session, target, opts, pin)
+    };
+    if let Some(config) = &request.hardware_config {
+        eprintln!(
+            "==> hardware configuration: {:?} on {target}",
+            config.backend
+        );
+        let wrote = match hardware::generate(&session, config).await {
+            Ok(wrote) => wrote,
+            Err(e) => {
+                let _ = agent.finish().await;
+                return Err(e.into());
+            }
+        };
+        eprintln!("    {wrote}");
+        record.hardware_config = Some(wrote);
+    }
+    let prepared = match prepared.take() {
+        Some(prepared) => prepared,
+        None => {
+            let prepared = prepare(request).await;
+            let prepared = match prepared {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    let _ = agent.finish().await;
+                    return Err(e);
+                }
+            };
+            record.system = Some(prepared.system.to_absolute());
+            prepared
+        }
+    };
     let remote = remote_build(request, &prepared, settings, &target, &pin, &session).await?;
     let result = phases(
         request,
@@ -203,10 +275,7 @@ pub async fn run(request: &InstallRequest) -> Result<RunRecord, RunError> {
         }
         Err(e) => {
             return Err(match e {
-                RunError::Phase { phase, source } => RunError::Phase {
-                    phase,
-                    source: agent.abandon(source).await,
-                },
+                RunError::Phase { phase, source } => in_phase(phase, agent.abandon(source).await),
                 other => other,
             });
         }
@@ -227,6 +296,81 @@ pub async fn run(request: &InstallRequest) -> Result<RunRecord, RunError> {
     }
     record.seconds = started.elapsed().as_secs_f64();
     Ok(record)
+}
+
+fn in_phase(phase: Phase, source: RemoteError) -> RunError {
+    RunError::Phase { phase, source }
+}
+
+/// Builds and evaluates what the request names, on a thread of its own.
+async fn prepare(request: &InstallRequest) -> Result<Inputs, RunError> {
+    let owned = clone_for_inputs(request);
+    Ok(tokio::task::spawn_blocking(move || inputs::prepare(&owned))
+        .await
+        .expect("preparing the inputs does not panic")?)
+}
+
+/// The kexec phase on a machine that is not an installer (or `--force-kexec`): boots the
+/// installer, logs into it as root, starts the agent there and checks that it is an installer.
+async fn kexec_phase(
+    request: &InstallRequest,
+    settings: &SshSettings,
+    session: Session,
+    (target, opts, pin): (&Target, &SshOptions, &HostKeyPin),
+    facts: &crate::facts::Facts,
+    binary: &Path,
+    record: &mut RunRecord,
+) -> Result<(kexec::Installer, Agent), RunError> {
+    let started = Instant::now();
+    let os = facts
+        .os
+        .pretty_name
+        .clone()
+        .unwrap_or_else(|| "another Linux".into());
+    announce(
+        Phase::Kexec,
+        &format!("{target} runs {os}: booting a NixOS installer with kexec"),
+    );
+    if let Some(container) = &facts.container {
+        eprintln!("warning: {target} runs in a container ({container}), where kexec fails");
+    }
+    let mut done = PhaseRecord::new(Phase::Kexec);
+    let installer = kexec::boot_installer(
+        session,
+        (target, opts, pin),
+        facts,
+        &request.kexec,
+        &settings.after_kexec,
+        &mut |step| {
+            show_step(&step);
+            done.steps.push(step);
+        },
+    )
+    .await?;
+    let mut agent =
+        remote::start_agent(&installer.session, binary, installer.opts.patience()).await?;
+    let now = match agent.client.facts().await {
+        Ok(facts) => facts,
+        Err(e) => return Err(in_phase(Phase::Kexec, agent.abandon(e).await)),
+    };
+    if !now.is_installer {
+        let _ = agent.finish().await;
+        return Err(kexec::KexecError::NotInstaller {
+            target: installer.target.to_string(),
+            os: now.os.pretty_name.unwrap_or_else(|| "another Linux".into()),
+            log: installer.log,
+        }
+        .into());
+    }
+    done.note = Some(format!(
+        "{os} became {} ({} MiB of memory, {} MiB available)",
+        now.os.pretty_name.as_deref().unwrap_or("a NixOS installer"),
+        now.memory.total_bytes >> 20,
+        now.memory.available_bytes >> 20
+    ));
+    done.seconds = started.elapsed().as_secs_f64();
+    record.phases.push(done);
+    Ok((installer, agent))
 }
 
 /// When the system is built on the target (`--build-on remote`, or `auto` for a platform this
@@ -263,34 +407,13 @@ async fn phases(
     target: &Target,
     record: &mut RunRecord,
 ) -> Result<bool, RunError> {
-    let in_phase = |phase| move |source: RemoteError| RunError::Phase { phase, source };
-    let facts = agent
-        .client
-        .facts()
-        .await
-        .map_err(|e| in_phase(Phase::Kexec)(e.into()))?;
     for &phase in &request.phases {
         let started = Instant::now();
         let mut done = PhaseRecord::new(phase);
-        let fail = in_phase(phase);
+        let fail = |source: RemoteError| in_phase(phase, source);
         match phase {
-            Phase::Kexec => {
-                if facts.is_installer && !request.kexec.force {
-                    announce(phase, "not needed: the target runs a NixOS installer");
-                    done.ran = false;
-                    done.note = Some("the target runs a NixOS installer".into());
-                } else {
-                    let os = facts
-                        .os
-                        .pretty_name
-                        .clone()
-                        .unwrap_or_else(|| "another Linux".into());
-                    return Err(RunError::NeedsKexec {
-                        host: target.host.clone(),
-                        os,
-                    });
-                }
-            }
+            // Done before, with the connection it changes.
+            Phase::Kexec => continue,
             Phase::Disko => {
                 let layout = prepared
                     .layout
@@ -435,7 +558,7 @@ async fn phases(
                     no_check: request.nixos_no_check.clone(),
                     boot_disks: boot_disks(prepared),
                 };
-                let (bootloader, peak_rss_kib) = agent
+                let report = agent
                     .client
                     .install(spec, |step| {
                         show_step(&step);
@@ -443,9 +566,10 @@ async fn phases(
                     })
                     .await
                     .map_err(|e| fail(e.into()))?;
-                eprintln!("    boot loader: {bootloader}");
-                done.note = Some(bootloader);
-                done.agent_peak_rss_kib = Some(peak_rss_kib);
+                eprintln!("    boot loader: {}", report.bootloader);
+                done.note = Some(report.bootloader);
+                done.agent_peak_rss_kib = Some(report.peak_rss_kib);
+                done.lowest_available_kib = report.lowest_available_kib;
             }
             Phase::Reboot => {
                 announce(phase, &format!("unmounting {ROOT} and rebooting"));

@@ -50,7 +50,7 @@ pub enum WaitError {
 }
 
 /// Errors that mean "not up yet": no route, refused, a handshake cut short, a timeout.
-fn not_up_yet(e: &SshError) -> bool {
+pub(super) fn not_up_yet(e: &SshError) -> bool {
     matches!(
         e,
         SshError::Connect { .. } | SshError::Timeout { .. } | SshError::Handshake { .. }

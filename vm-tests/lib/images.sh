@@ -33,7 +33,7 @@ BASE_PACKAGES=(bash dash coreutils findutils grep sed util-linux kmod iproute2
 	openssh-server openssh-client tar gzip xz-utils zstd cpio)
 INSTALLER_PACKAGES=(kexec-tools jq e2fsprogs xfsprogs btrfs-progs dosfstools
 	cryptsetup-bin lvm2 mdadm gdisk fdisk parted)
-OTHER_PACKAGES=(sudo opendoas)
+OTHER_PACKAGES=(sudo opendoas wget)
 # The password of the other Linux's users alice (SSH and sudo) and doug (doas):
 # test data, like the test key.
 OTHER_PASSWORD=other-linux-password

@@ -146,6 +146,12 @@ pub struct InstallArgs {
           value_parser = parse_duration)]
     pub kexec_deadline: Duration,
 
+    /// Accept (and pin) another host key after kexec, for an installer that does not carry the
+    /// old system's keys over. Without it a changed key stops the run before any disk is
+    /// touched.
+    #[arg(long, help_heading = KEXEC)]
+    pub accept_new_host_key_after_kexec: bool,
+
     /// After kexec, write the target's hardware configuration to the local PATH, with
     /// nixos-facter or nixos-generate-config.
     #[arg(long, num_args = 2, value_names = ["BACKEND", "PATH"], help_heading = KEXEC)]

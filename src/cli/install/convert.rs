@@ -90,6 +90,7 @@ impl InstallArgs {
             force: a.force_kexec,
             extra_flags: a.kexec_extra_flags.clone().unwrap_or_default(),
             deadline_secs: a.kexec_deadline.as_secs(),
+            new_host_key: a.accept_new_host_key_after_kexec,
         };
         let hardware_config = hardware_config(a.generate_hardware_config.as_deref())?;
         let extra_files = a
@@ -375,6 +376,11 @@ fn no_effect_warnings(
     warn(
         !phases.contains(&Phase::Kexec) && a.force_kexec,
         "--force-kexec",
+        no_kexec,
+    );
+    warn(
+        !phases.contains(&Phase::Kexec) && a.accept_new_host_key_after_kexec,
+        "--accept-new-host-key-after-kexec",
         no_kexec,
     );
     let no_disko = "without the disko phase";

@@ -192,6 +192,8 @@ pub struct Kexec {
     pub extra_flags: String,
     /// How long to wait for the installer to answer after kexec.
     pub deadline_secs: u64,
+    /// `--accept-new-host-key-after-kexec`: the installer's key need not be the pinned one.
+    pub new_host_key: bool,
 }
 
 /// The kexec tarball.
