@@ -252,10 +252,12 @@ pub async fn boot_installer(
     check_memory(&session, &host, &dir, facts, &unpacked).await?;
     steps.done(
         format!(
-            "unpacked the installer {} (kernel {} MiB, initrd {} MiB)",
+            "unpacked the installer {} (kernel {} MiB, initrd {} MiB; {} MiB of memory \
+             available after it)",
             image.name(),
             unpacked.kernel / MIB,
-            unpacked.initrd / MIB
+            unpacked.initrd / MIB,
+            unpacked.available / MIB
         ),
         started,
     );
