@@ -39,6 +39,15 @@ pub enum HardwareError {
     Ssh(#[from] SshError),
 }
 
+impl HardwareBackend {
+    pub fn program(self) -> &'static str {
+        match self {
+            HardwareBackend::NixosFacter => "nixos-facter",
+            HardwareBackend::NixosGenerateConfig => "nixos-generate-config",
+        }
+    }
+}
+
 /// The program and the command that prints the configuration on standard output.
 fn command(backend: HardwareBackend) -> (&'static str, &'static str) {
     match backend {

@@ -44,11 +44,32 @@ fn does(request: &InstallRequest, phase: Phase) -> String {
     match phase {
         Phase::Kexec => {
             let image = match &request.kexec.image {
-                KexecImage::Default => "nixos-images' kexec installer for the target's CPU".into(),
-                other => serde_json::to_string(other).unwrap_or_default(),
+                KexecImage::Default => format!(
+                    "nixos-images' {} kexec installer for the target's CPU, downloaded by the \
+                     target (else here)",
+                    crate::run::kexec::DEFAULT_RELEASE
+                ),
+                KexecImage::File { path, .. } => {
+                    format!("the kexec image {}, streamed up", path.display())
+                }
+                KexecImage::Url { url, .. } => {
+                    format!("the kexec image {url}, downloaded by the target (else here)")
+                }
             };
+            let host = request
+                .target
+                .as_ref()
+                .map(|t| {
+                    let after = &t.after_kexec;
+                    match after.port {
+                        Some(port) => format!("{}@{}:{port}", after.user, after.host),
+                        None => format!("{}@{}", after.user, after.host),
+                    }
+                })
+                .unwrap_or_else(|| "root".into());
             format!(
-                "boot the installer with {image}, then reconnect as root within {} s",
+                "check that the kernel may kexec and the image fits in memory, boot the \
+                 installer with {image}, then log in as {host} with the same host key within {} s",
                 request.kexec.deadline_secs
             )
         }

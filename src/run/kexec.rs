@@ -23,7 +23,7 @@ use crate::plan::{Outcome, StepRecord};
 use crate::ssh::{HostKeyPin, Session, SshError, SshOptions, Target, shell_quote};
 
 /// nixos-anywhere's default image: this release of nixos-images, for the target's CPU.
-const DEFAULT_RELEASE: &str = "nixos-25.11";
+pub const DEFAULT_RELEASE: &str = "nixos-25.11";
 /// The line nixos-images' `kexec/run` prints once the installer's kernel is loaded.
 const MARKER: &str = "machine will boot into nixos";
 const MIB: u64 = 1 << 20;
