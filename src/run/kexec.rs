@@ -876,6 +876,8 @@ async fn reconnect(
                 });
             }
             Ok(Err(e)) if wait::not_up_yet(&e) => last = e.to_string(),
+            // known_hosts disagrees: its own message says which file and line.
+            Ok(Err(e @ SshError::HostKeyRejected { .. })) => return Err(e.into()),
             Ok(Err(source)) => {
                 return Err(KexecError::Refused {
                     target: target.to_string(),

@@ -75,6 +75,19 @@ grep -E '^==> (disko|install)' "$log" && fail "a phase after kexec started"
 	fail "static route not restored"
 echo "a changed host key after kexec stopped the run, naming both; disk untouched"
 
+# Accepted when the user says so: a forced kexec from the installer into an
+# installer with yet another key.
+install_run "$tool" "$VM_RUN_DIR/accepted.json" --flake "$flake" --phases kexec --force-kexec \
+	--kexec "http://127.0.0.1:$http_port/new-host-key.tar.gz" --accept-new-host-key-after-kexec \
+	-i "$VM_KEY" -p "$port" --post-kexec-ssh-port "$port" root@127.0.0.1 || fail "--accept-new-host-key-after-kexec did not accept it"
+vm_forget_host_key machine
+third_fp=$(ssh-keygen -lf - <<< "$(vm_host_key machine)" | awk '{print $2}')
+[[ $third_fp != "$new_fp" ]] || fail "the second kexec kept the key"
+grep -q "answers as root, host key ssh-ed25519 $third_fp" "$VM_RUN_DIR/accepted.json.log" ||
+	fail "the run did not pin the new key"
+[[ $(vm_ssh machine root cat /etc/machine-id) == "$machine_id" ]] || fail "machine-id changed"
+echo "--accept-new-host-key-after-kexec: the new key was pinned"
+
 # The hardware configuration, on the installer: only the tool's stdout.
 vm_ssh machine root 'cat > /usr/bin/nixos-generate-config && chmod 755 /usr/bin/nixos-generate-config' <<'SCRIPT'
 #!/bin/sh
