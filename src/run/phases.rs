@@ -342,6 +342,7 @@ async fn phases(
                             &prepared.source,
                             closure,
                             Compression::Auto,
+                            None,
                             Instant::now(),
                         )
                         .await
@@ -398,6 +399,7 @@ async fn phases(
                             &prepared.source,
                             &prepared.closure,
                             Compression::Auto,
+                            None,
                             Instant::now(),
                         )
                         .await
