@@ -392,6 +392,11 @@ async fn phases(
                                 from_where(&prepared.source)
                             ),
                         );
+                        let substitute = inputs::substitution(
+                            &request.substitution,
+                            &request.source,
+                            &request.build,
+                        );
                         let copied = super::copy::stream_closure(
                             agent,
                             &target.to_string(),
@@ -399,7 +404,7 @@ async fn phases(
                             &prepared.source,
                             &prepared.closure,
                             Compression::Auto,
-                            None,
+                            substitute.as_ref(),
                             Instant::now(),
                         )
                         .await
