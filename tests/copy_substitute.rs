@@ -4,8 +4,8 @@
 //! binary caches Nix made (`nix copy --to file://...?secret-key=...`). Whatever the caches do,
 //! the copy completes from the operator where it must, nothing wrong is registered, Nix
 //! verifies the store, and a rerun sends nothing. No cache outside the test is ever named
-//! (`--substituters` replaces whatever the machine's nix.conf lists), and the namespaces have
-//! no route out.
+//! (`--substituters` replaces whatever the machine's nix.conf lists, or the installer
+//! stand-in's own nix.conf names only the test's), and the namespaces have no route out.
 
 mod nix_oracle;
 mod support;
@@ -486,4 +486,61 @@ fn stalling_silent_and_unreachable_caches_do_not_hang_the_copy() {
     );
     assert!(stderr.contains(refused), "{stderr}");
     assert_complete(&setup, &root, &caches);
+}
+
+/// Without `--substituters` or keys, the agent uses what the target's Nix would: its
+/// `nix.conf` (here `$NIX_CONF_DIR`, as an installer stand-in's sshd sets it) names the cache
+/// and the key. The cache is on this machine's 127.0.0.1.
+#[test]
+fn the_targets_own_nix_conf_names_the_cache_and_its_key() {
+    let fx = fixture();
+    let script = nix_oracle::repo().join("tests/substitute_server.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(&fx.part_xz)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let server = Served {
+        url: format!("http://127.0.0.1:{}", line.trim()),
+        child,
+    };
+    let sshd = Sshd::start_as_installer(&format!(
+        "substituters = {}\ntrusted-public-keys = {}\n",
+        server.url, fx.key_a
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let out = Command::new(BIN)
+        .args(["copy", "--json", "-s", "--to"])
+        .arg(format!("ssh://{}", sshd.destination()))
+        .arg("-i")
+        .arg(&sshd.client_key)
+        .arg("--root")
+        .arg(&root)
+        .arg(&fx.top)
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("SSH_PRIVATE_KEY")
+        .output()
+        .unwrap();
+    assert_ok(&out, &sshd);
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let part_closure = closure_of(&fx.closure, &fx.part);
+    assert_eq!(
+        n(&summary, "paths_substituted"),
+        part_closure.len() as u64,
+        "{summary}"
+    );
+    assert_eq!(
+        summary["caches"][0]["url"],
+        server.url.as_str(),
+        "{summary}"
+    );
+    assert_verifies(&root);
+    assert_eq!(path_infos(&fx.top, Some(&root)), path_infos(&fx.top, None));
 }
