@@ -488,16 +488,74 @@ fn stalling_silent_and_unreachable_caches_do_not_hang_the_copy() {
     assert_complete(&setup, &root, &caches);
 }
 
+/// A test CA and a server certificate it signed for 127.0.0.1, made with openssl; returns
+/// (CA, certificate, key).
+fn tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let f = |name: &str| dir.join(name);
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=copy substitute test CA",
+        ])
+        .args(ec)
+        .arg("-keyout")
+        .arg(f("ca.key"))
+        .arg("-out")
+        .arg(f("ca.pem")));
+    run(Command::new("openssl")
+        .args(["req", "-subj", "/CN=127.0.0.1"])
+        .args(ec)
+        .arg("-keyout")
+        .arg(f("server.key"))
+        .arg("-out")
+        .arg(f("server.csr")));
+    std::fs::write(
+        f("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+        .arg("-in")
+        .arg(f("server.csr"))
+        .arg("-CA")
+        .arg(f("ca.pem"))
+        .arg("-CAkey")
+        .arg(f("ca.key"))
+        .arg("-extfile")
+        .arg(f("ext"))
+        .arg("-out")
+        .arg(f("server.pem")));
+    (f("ca.pem"), f("server.pem"), f("server.key"))
+}
+
 /// Without `--substituters` or keys, the agent uses what the target's Nix would: its
-/// `nix.conf` (here `$NIX_CONF_DIR`, as an installer stand-in's sshd sets it) names the cache
-/// and the key. The cache is on this machine's 127.0.0.1.
+/// `nix.conf` (here `$NIX_CONF_DIR`, as an installer stand-in's sshd sets it) names the cache,
+/// the key, and the CA (`ssl-cert-file`) of the cache's HTTPS certificate. The cache is on this
+/// machine's 127.0.0.1.
 #[test]
-fn the_targets_own_nix_conf_names_the_cache_and_its_key() {
+fn the_targets_own_nix_conf_names_the_cache_its_key_and_its_ca() {
     let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls(dir.path());
     let script = nix_oracle::repo().join("tests/substitute_server.py");
     let mut child = Command::new("python3")
         .arg(script)
         .arg(&fx.part_xz)
+        .arg("--tls")
+        .arg(&cert)
+        .arg(&key)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -507,14 +565,15 @@ fn the_targets_own_nix_conf_names_the_cache_and_its_key() {
         .read_line(&mut line)
         .unwrap();
     let server = Served {
-        url: format!("http://127.0.0.1:{}", line.trim()),
+        url: format!("https://127.0.0.1:{}", line.trim()),
         child,
     };
     let sshd = Sshd::start_as_installer(&format!(
-        "substituters = {}\ntrusted-public-keys = {}\n",
-        server.url, fx.key_a
+        "substituters = {}\ntrusted-public-keys = {}\nssl-cert-file = {}\n",
+        server.url,
+        fx.key_a,
+        ca.display()
     ));
-    let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let out = Command::new(BIN)
         .args(["copy", "--json", "-s", "--to"])
