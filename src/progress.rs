@@ -15,6 +15,9 @@ pub struct Progress {
     paths: u64,
     bytes: u64,
     wire_bytes: u64,
+    /// Paths and NAR bytes the target fetched from caches (planned: counted in the totals).
+    substituted_paths: u64,
+    substituted_bytes: u64,
     started: Instant,
     last_line: Instant,
 }
@@ -41,6 +44,8 @@ impl Progress {
             paths: 0,
             bytes: 0,
             wire_bytes: 0,
+            substituted_paths: 0,
+            substituted_bytes: 0,
             started: now,
             last_line: now,
         }
@@ -57,6 +62,13 @@ impl Progress {
     pub fn advance(&mut self, paths: u64, nar_bytes: u64) {
         self.paths += paths;
         self.bytes = nar_bytes;
+        self.update();
+    }
+
+    /// The target has fetched `paths` paths of `nar_bytes` from caches so far.
+    pub fn substituted(&mut self, paths: u64, nar_bytes: u64) {
+        self.substituted_paths = paths;
+        self.substituted_bytes = nar_bytes;
         self.update();
     }
 
@@ -77,10 +89,26 @@ impl Progress {
     }
 
     fn update(&mut self) {
-        let message = format!("{}/{} paths{}", self.paths, self.total_paths, self.ratio());
+        let from_caches = if self.substituted_paths > 0 {
+            format!(
+                " ({} streamed, {} from caches: {:.0} MiB)",
+                self.paths,
+                self.substituted_paths,
+                mib(self.substituted_bytes)
+            )
+        } else {
+            String::new()
+        };
+        let message = format!(
+            "{}/{} paths{from_caches}{}",
+            self.paths + self.substituted_paths,
+            self.total_paths,
+            self.ratio()
+        );
+        let done = self.bytes + self.substituted_bytes;
         match &self.bar {
             Some(bar) => {
-                bar.set_position(self.bytes);
+                bar.set_position(done);
                 bar.set_message(message);
             }
             None if self.last_line.elapsed() >= PLAIN_EVERY => {
@@ -88,9 +116,9 @@ impl Progress {
                 let secs = self.started.elapsed().as_secs_f64();
                 eprintln!(
                     "progress: {message}, {:.0}/{:.0} MiB, {:.0} MiB/s",
-                    mib(self.bytes),
+                    mib(done),
                     mib(self.total_bytes),
-                    mib(self.bytes) / secs.max(0.001)
+                    mib(done) / secs.max(0.001)
                 );
             }
             None => {}

@@ -189,6 +189,7 @@ fn rejects_a_path_whose_bytes_do_not_match_and_registers_none_of_it() {
         Request::OpenStore { root: root.clone() },
         Request::Receive {
             paths: vec![victim.clone()],
+            substitute: false,
         },
     ] {
         stream.extend(frame::message_frame(&request));

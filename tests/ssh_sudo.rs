@@ -88,6 +88,7 @@ async fn a_sudo_user_runs_the_agent_as_root_and_copies_into_a_root_owned_directo
         source: NarSource::Local,
         closure,
         compression: Compression::Auto,
+        substitute: None,
         dry_run: false,
     };
     copy::run(request).await.unwrap_or_else(|e| panic!("{e}"));

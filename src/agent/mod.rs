@@ -9,6 +9,7 @@
 mod phases;
 mod receive;
 mod silence;
+mod substitute;
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -23,6 +24,7 @@ use crate::proto::{
     AgentFailure, ErrorKind, Frame, PROTOCOL_VERSION, Reply, Request, WireError, frame,
 };
 use crate::store::{StoreError, StoreRoot};
+use crate::substitute::SubstituteError;
 
 const PEER: &str = "tool";
 
@@ -38,6 +40,10 @@ pub enum AgentError {
     NoStore(&'static str),
     #[error(transparent)]
     Phase(#[from] PhaseError),
+    #[error("substitution: {0}")]
+    Substitute(#[from] SubstituteError),
+    #[error("a transfer that substitutes, with no substitution planned before it")]
+    NoPlan,
 }
 
 impl AgentError {
@@ -53,7 +59,8 @@ impl AgentError {
             ) => (ErrorKind::Integrity, Some(receiving(e))),
             Self::Store(_) => (ErrorKind::Store, None),
             Self::Facts(_) => (ErrorKind::Facts, None),
-            Self::NoStore(_) => (ErrorKind::Refused, None),
+            Self::NoStore(_) | Self::NoPlan => (ErrorKind::Refused, None),
+            Self::Substitute(_) => (ErrorKind::Substitute, None),
             // A failed step: named once, as the plan numbers it, with its own error.
             Self::Phase(PhaseError::Disk(crate::disk::run::DiskError::Step(e))) => {
                 return AgentFailure {
@@ -128,7 +135,7 @@ pub fn run_on_stdio(give_up_after: Option<Duration>) -> Result<(), AgentError> {
 
 /// Serves one tool over `input`/`output` until it says goodbye or the stream ends. An error is
 /// reported to the tool as [`Reply::Error`] as well as returned.
-pub fn serve(input: impl Read + Send, mut output: impl Write) -> Result<(), AgentError> {
+pub fn serve(input: impl Read + Send, mut output: impl Write + Send) -> Result<(), AgentError> {
     let result = session(input, &mut output);
     if let Err(e) = &result {
         tracing::error!("{e}");
@@ -138,9 +145,10 @@ pub fn serve(input: impl Read + Send, mut output: impl Write) -> Result<(), Agen
     result
 }
 
-fn session(input: impl Read + Send, output: &mut impl Write) -> Result<(), AgentError> {
+fn session(input: impl Read + Send, output: &mut (impl Write + Send)) -> Result<(), AgentError> {
     let mut input = BufReader::with_capacity(1 << 20, input);
     let mut store: Option<StoreRoot> = None;
+    let mut substitution: Option<substitute::Pending> = None;
     while let Some(next) = frame::read_frame(&mut input, PEER)? {
         let Frame::Message(payload) = next else {
             let problem = "a NAR block outside a transfer".to_owned();
@@ -183,9 +191,27 @@ fn session(input: impl Read + Send, output: &mut impl Write) -> Result<(), Agent
                 store = Some(StoreRoot::open(&root)?);
                 Reply::StoreOpened
             }
-            Request::Receive { paths } => {
+            Request::PlanSubstitution { overrides, paths } => {
+                let (pending, overview) = substitute::plan(&overrides, &paths)?;
+                substitution = Some(pending);
+                Reply::SubstitutionPlanned(Box::new(overview))
+            }
+            Request::Receive {
+                paths,
+                substitute: false,
+            } => {
                 let store = store.as_mut().ok_or(AgentError::NoStore("a transfer"))?;
                 receive::receive(store, &paths, &mut input, output)?
+            }
+            Request::Receive {
+                paths,
+                substitute: true,
+            } => {
+                let open = store.take().ok_or(AgentError::NoStore("a transfer"))?;
+                let pending = substitution.take().ok_or(AgentError::NoPlan)?;
+                let (back, reply) = substitute::receive(open, pending, &paths, &mut input, output);
+                store = back;
+                reply?
             }
             Request::WriteKeys { keys } => phases::write_keys(&keys)?,
             Request::Disko {
@@ -217,6 +243,7 @@ fn request_kind(request: &Request) -> &'static str {
         Request::Facts => "facts",
         Request::QueryValid { .. } => "query_valid",
         Request::OpenStore { .. } => "open_store",
+        Request::PlanSubstitution { .. } => "plan_substitution",
         Request::Receive { .. } => "receive",
         Request::WriteKeys { .. } => "write_keys",
         Request::Disko { .. } => "disko",

@@ -22,7 +22,7 @@ pub(super) fn receive(
     store: &mut StoreRoot,
     paths: &[PathInfo],
     input: &mut (impl Read + Send),
-    output: &mut impl Write,
+    output: &mut (impl Write + Send),
 ) -> Result<Reply, AgentError> {
     let total: u64 = paths.iter().map(|p| p.nar_size).sum();
     let (mut nar_in, nar_out) = pipe(PIPE_DEPTH);
@@ -67,7 +67,12 @@ pub(super) fn receive(
                 return Ok(());
             }
             last_report = Instant::now();
-            let progress = Reply::Progress { paths, nar_bytes };
+            let progress = Reply::Progress {
+                paths,
+                nar_bytes,
+                substituted_paths: 0,
+                substituted_bytes: 0,
+            };
             frame::write_message(output, &progress, PEER)
                 .map_err(|e| StoreError::io(&root, std::io::Error::other(e)))
         });
@@ -80,6 +85,7 @@ pub(super) fn receive(
             nar_bytes: received.nar_bytes,
             wire_bytes,
             sync_seconds: received.sync_seconds,
+            substituted: None,
         })
     })
 }

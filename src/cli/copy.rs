@@ -8,6 +8,7 @@ use clap::Args;
 use super::SshArgs;
 use crate::run::copy::{CopyRequest, Destination};
 use crate::store::{self, NarSource, StorePath};
+use crate::substitute::{Overrides, TrustedKeys};
 use crate::transfer::Compression;
 
 #[derive(Debug, Args)]
@@ -35,6 +36,23 @@ pub struct CopyArgs {
     /// (`file:///cache`, `https://...`, `ssh://...`) through this machine's Nix.
     #[arg(long, value_name = "STORE-URI")]
     pub from: Option<String>,
+    /// Let the destination fetch from binary caches what they hold (as `nix copy
+    /// --substitute-on-destination`), while the rest is streamed from here at the same time.
+    /// The caches are those of the destination's nix.conf, changed by the flags below.
+    #[arg(short = 's', long)]
+    pub substitute_on_destination: bool,
+    /// The binary caches the destination uses, replacing those of its nix.conf (repeatable,
+    /// or space-separated; "" for none). Implies --substitute-on-destination.
+    #[arg(long, value_name = "URL")]
+    pub substituters: Option<Vec<String>>,
+    /// Binary caches the destination uses in addition (repeatable, or space-separated).
+    /// Implies --substitute-on-destination.
+    #[arg(long, value_name = "URL")]
+    pub extra_substituters: Vec<String>,
+    /// Keys the caches' signatures must verify with, NAME:BASE64, added to the
+    /// destination's (repeatable, or space-separated).
+    #[arg(long, value_name = "KEY")]
+    pub trusted_public_keys: Vec<String>,
     #[command(flatten)]
     pub ssh: SshArgs,
     /// Store paths (or links to them, such as ./result) whose closures are copied.
@@ -63,6 +81,10 @@ impl CopyArgs {
             .iter()
             .map(|p| resolve_store_path(p))
             .collect::<Result<Vec<_>>>()?;
+        let substitute = self.substitution()?;
+        if substitute.is_some() && matches!(destination, Destination::Local) {
+            bail!("--substitute-on-destination needs an ssh:// destination");
+        }
         let source = NarSource::new(self.from.as_deref());
         let closure = source
             .query_closure(&paths)
@@ -73,8 +95,34 @@ impl CopyArgs {
             source,
             closure,
             compression: self.compress,
+            substitute,
             dry_run: self.dry_run,
         })
+    }
+
+    /// The substitution the flags ask for: `None` unless `-s` or a list of caches is given.
+    fn substitution(&self) -> Result<Option<Overrides>> {
+        let split = |values: &[String]| -> Vec<String> {
+            values
+                .iter()
+                .flat_map(|v| v.split_whitespace().map(str::to_owned))
+                .collect()
+        };
+        let on = self.substitute_on_destination
+            || self.substituters.is_some()
+            || !self.extra_substituters.is_empty();
+        if !on {
+            return Ok(None);
+        }
+        let trusted_public_keys = split(&self.trusted_public_keys);
+        TrustedKeys::parse(trusted_public_keys.iter().map(String::as_str))
+            .context("--trusted-public-keys")?;
+        Ok(Some(Overrides {
+            substituters: self.substituters.as_deref().map(split),
+            extra_substituters: split(&self.extra_substituters),
+            trusted_public_keys,
+            ssl_cert_file: None,
+        }))
     }
 }
 

@@ -13,6 +13,7 @@ use crate::install::files::FileEntry;
 use crate::install::reboot::TakenDown;
 use crate::plan::StepRecord;
 use crate::store::{PathInfo, StorePath};
+use crate::substitute::{FetchReport, Overrides, PlanOverview};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -33,9 +34,22 @@ pub enum Request {
     OpenStore {
         root: PathBuf,
     },
-    /// The NARs of these paths follow, in this order, as blocks.
+    /// Reads the target's Nix configuration, adds `overrides` (the tool's flags), opens the
+    /// caches and plans which of `paths` (those the store root lacks, dependencies first) they
+    /// hold. Downloads nothing: a dry run can ask it. The agent keeps the plan for the next
+    /// `Receive`.
+    PlanSubstitution {
+        overrides: Overrides,
+        paths: Vec<PathInfo>,
+    },
+    /// The NARs of these paths follow, in this order, as blocks. With `substitute`, the agent
+    /// downloads what its last `PlanSubstitution` planned at the same time, then answers
+    /// [`Reply::Needed`] with the planned paths it could not substitute: their NARs follow the
+    /// first ones, in that order.
     Receive {
         paths: Vec<PathInfo>,
+        #[serde(default)]
+        substitute: bool,
     },
     /// Writes the disk-encryption keys, mode 0600, in RAM (a tmpfs) only.
     WriteKeys {
@@ -108,10 +122,22 @@ pub enum Reply {
     Valid {
         paths: Vec<StorePath>,
     },
-    /// Paths completed (verified and in place) so far in this `Receive`, and their NAR bytes.
+    /// Paths completed (verified and in place) so far in this `Receive`, and their NAR bytes:
+    /// streamed ones, and substituted ones.
     Progress {
         paths: u64,
         nar_bytes: u64,
+        #[serde(default)]
+        substituted_paths: u64,
+        #[serde(default)]
+        substituted_bytes: u64,
+    },
+    /// What the caches hold of the paths asked about, per cache, and what they do not.
+    SubstitutionPlanned(Box<PlanOverview>),
+    /// The substitution of a `Receive` ended: these planned paths were not substituted, and
+    /// the agent needs their NARs after the ones it was sent.
+    Needed {
+        paths: Vec<StorePath>,
     },
     /// Every path of the `Receive` is registered and on the disk (the file system was synced).
     Received {
@@ -120,6 +146,9 @@ pub enum Reply {
         wire_bytes: u64,
         /// How long flushing the store root's file system to the disk took.
         sync_seconds: f64,
+        /// What came from the caches, when the `Receive` substituted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        substituted: Option<FetchReport>,
     },
     KeysWritten {
         count: usize,
@@ -167,6 +196,8 @@ pub enum ErrorKind {
     Integrity,
     /// The target's store root could not be read or written.
     Store,
+    /// The substitution settings are unusable (a malformed key, nix.conf or CA file).
+    Substitute,
     /// The request was refused as it stands (no store opened, ...).
     Refused,
     /// Reading the machine's facts failed.

@@ -18,6 +18,12 @@
 //! concatenated in that order and cut into blocks, with no other frame in between: there is no
 //! round trip per path. The agent reports [`Reply::Progress`] as paths land and ends with
 //! [`Reply::Received`], or [`Reply::Error`] at any point.
+//!
+//! Substitution: [`Request::PlanSubstitution`] is answered by [`Reply::SubstitutionPlanned`];
+//! a `Receive` with `substitute` then carries only the paths the caches do not hold, while the
+//! agent downloads the others. When its downloads end the agent sends [`Reply::Needed`] with
+//! the planned paths it could not substitute, and the tool sends their NARs right after the
+//! first ones, in the same way; the agent ends with `Received` once both are in.
 
 pub mod block;
 pub mod frame;
@@ -30,7 +36,7 @@ pub use frame::{Frame, HEADER_LEN, MAX_FRAME, read_frame, read_frame_async, writ
 pub use message::{AgentFailure, ErrorKind, KeyFile, Reply, Request};
 
 /// Bumped whenever a frame or message changes meaning.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {

@@ -17,6 +17,7 @@ use crate::progress::Progress;
 use crate::proto::frame::{self, Frame};
 use crate::proto::{AgentFailure, KeyFile, PROTOCOL_VERSION, Reply, Request, WireError};
 use crate::store::{NarSource, PathInfo, StorePath};
+use crate::substitute::{FetchReport, Overrides, PlanOverview};
 use crate::transfer::{self, Compression, FrameSink, SendError, SendStats};
 
 const PEER: &str = "agent";
@@ -62,6 +63,8 @@ pub struct Transfer {
     /// The agent's sync of the target file system, after the last path.
     pub sync_seconds: f64,
     pub sent: SendStats,
+    /// What the agent substituted meanwhile, if it was asked to.
+    pub substituted: Option<FetchReport>,
 }
 
 impl<R: AsyncRead + Unpin, W: FrameSink> AgentClient<R, W> {
@@ -120,6 +123,23 @@ impl<R: AsyncRead + Unpin, W: FrameSink> AgentClient<R, W> {
         }
     }
 
+    /// Asks the agent which of `paths` (those the store root lacks, dependencies first) the
+    /// caches hold, with the target's Nix configuration and `overrides`. Downloads nothing.
+    pub async fn plan_substitution(
+        &mut self,
+        overrides: &Overrides,
+        paths: &[PathInfo],
+    ) -> Result<PlanOverview, ClientError> {
+        let request = Request::PlanSubstitution {
+            overrides: overrides.clone(),
+            paths: paths.to_vec(),
+        };
+        match self.request(&request).await? {
+            Reply::SubstitutionPlanned(plan) => Ok(*plan),
+            other => Err(unexpected("substitution_planned", other)),
+        }
+    }
+
     /// Sends the NARs of `paths` (dependencies first, read from `source`) as one stream and
     /// waits until the agent has verified, registered and synced them all.
     ///
@@ -132,8 +152,35 @@ impl<R: AsyncRead + Unpin, W: FrameSink> AgentClient<R, W> {
         compression: Compression,
         progress: &mut Progress,
     ) -> Result<Transfer, ClientError> {
+        self.transfer(source, paths, false, compression, progress)
+            .await
+    }
+
+    /// As [`receive`](Self::receive), while the agent substitutes what its last
+    /// [`plan_substitution`](Self::plan_substitution) planned (`paths` are the rest); the
+    /// substitutes it could not get are streamed after `paths`, when it names them.
+    pub async fn receive_substituting(
+        &mut self,
+        source: &NarSource,
+        paths: &[PathInfo],
+        compression: Compression,
+        progress: &mut Progress,
+    ) -> Result<Transfer, ClientError> {
+        self.transfer(source, paths, true, compression, progress)
+            .await
+    }
+
+    async fn transfer(
+        &mut self,
+        source: &NarSource,
+        paths: &[PathInfo],
+        substitute: bool,
+        compression: Compression,
+        progress: &mut Progress,
+    ) -> Result<Transfer, ClientError> {
         let request = Request::Receive {
             paths: paths.to_vec(),
+            substitute,
         };
         self.write(&frame::message_frame(&request)).await?;
         let sources = paths.iter().map(|p| p.path.clone()).collect();
@@ -143,12 +190,34 @@ impl<R: AsyncRead + Unpin, W: FrameSink> AgentClient<R, W> {
         } = self;
 
         // Send and listen at once: the agent reports progress, or an error that ends the
-        // transfer early (then the sending side is dropped).
+        // transfer early (then the sending side is dropped). When substituting, the second
+        // part of the stream is what the agent says it still needs.
         let wire_so_far = std::cell::Cell::new(0u64);
-        let send =
-            transfer::send_nars(source.clone(), sources, compression, to_agent, |_, wire| {
-                wire_so_far.set(wire)
-            });
+        let (needed_tx, needed_rx) = tokio::sync::oneshot::channel::<Vec<StorePath>>();
+        let mut needed_tx = Some(needed_tx);
+        let send = async {
+            let mut stats =
+                transfer::send_nars(source.clone(), sources, compression, to_agent, |_, wire| {
+                    wire_so_far.set(wire)
+                })
+                .await?;
+            if substitute {
+                let needed = needed_rx.await.unwrap_or_default();
+                if !needed.is_empty() {
+                    let base = stats.wire_bytes;
+                    let more = transfer::send_nars(
+                        source.clone(),
+                        needed,
+                        compression,
+                        to_agent,
+                        |_, wire| wire_so_far.set(base + wire),
+                    )
+                    .await?;
+                    stats.add(more);
+                }
+            }
+            Ok::<_, SendError>(stats)
+        };
         tokio::pin!(send);
         let mut sent: Option<SendStats> = None;
         let mut send_failed: Option<SendError> = None;
@@ -179,17 +248,38 @@ impl<R: AsyncRead + Unpin, W: FrameSink> AgentClient<R, W> {
                 (Err(e), None) => return Err(e),
             };
             match reply {
-                Reply::Progress { paths, nar_bytes } => {
+                Reply::Progress {
+                    paths,
+                    nar_bytes,
+                    substituted_paths,
+                    substituted_bytes,
+                } => {
+                    progress.substituted(substituted_paths, substituted_bytes);
                     progress.advance(paths - done_paths, nar_bytes);
                     done_paths = paths;
                     progress.wire_bytes(wire_so_far.get());
+                }
+                Reply::Needed { paths } if substitute => {
+                    if !paths.is_empty() {
+                        tracing::warn!(
+                            "{} paths the caches did not provide are streamed instead",
+                            paths.len()
+                        );
+                    }
+                    if let Some(tx) = needed_tx.take() {
+                        let _ = tx.send(paths);
+                    }
                 }
                 Reply::Received {
                     paths: n,
                     nar_bytes,
                     wire_bytes,
                     sync_seconds,
+                    substituted,
                 } => {
+                    if let Some(report) = &substituted {
+                        progress.substituted(report.paths_substituted, report.nar_bytes);
+                    }
                     progress.advance(n - done_paths, nar_bytes);
                     let sent = match (sent, send_failed) {
                         (Some(sent), _) => sent,
@@ -202,6 +292,7 @@ impl<R: AsyncRead + Unpin, W: FrameSink> AgentClient<R, W> {
                         wire_bytes,
                         sync_seconds,
                         sent,
+                        substituted,
                     });
                 }
                 other => return Err(unexpected("progress", other)),

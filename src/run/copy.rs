@@ -19,6 +19,7 @@ use crate::progress::{Progress, mib};
 use crate::remote::{Agent, ClientError, RemoteError};
 use crate::ssh::{SshOptions, Target};
 use crate::store::{NarSource, PathInfo, StoreError, StorePath, StoreRoot};
+use crate::substitute::{Overrides, PlanOverview, SourceReport};
 use crate::transfer::{self, Compression};
 
 /// Where a copy goes.
@@ -44,6 +45,9 @@ pub struct CopyRequest {
     /// The closure to copy, dependencies first, as the source has it.
     pub closure: Vec<PathInfo>,
     pub compression: Compression,
+    /// Let the target fetch what binary caches hold (`--substitute-on-destination`), with
+    /// these additions to its Nix configuration; SSH destinations only.
+    pub substitute: Option<Overrides>,
     /// Plan, print, change nothing.
     pub dry_run: bool,
 }
@@ -58,6 +62,10 @@ pub struct CopyPlan {
     /// The paths the destination holds already.
     pub skip: Vec<PlannedPath>,
     pub nar_bytes_to_send: u64,
+    /// With substitution: which of `send` the target's caches hold (those are downloaded
+    /// there, the rest streamed from here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub substitution: Option<PlanOverview>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,7 +92,21 @@ impl CopyPlan {
             nar_bytes_to_send: send.iter().map(|i| i.nar_size).sum(),
             send: send.into_iter().map(planned).collect(),
             skip: skip.into_iter().map(planned).collect(),
+            substitution: None,
         }
+    }
+
+    /// Of the paths to send, those the substitution plan leaves to the stream, in order.
+    fn streamed(&self, closure: &[PathInfo]) -> Vec<PathInfo> {
+        let substituted: BTreeSet<&StorePath> = self
+            .substitution
+            .iter()
+            .flat_map(|s| s.paths.iter().map(|p| &p.path))
+            .collect();
+        self.missing(closure)
+            .into_iter()
+            .filter(|i| !substituted.contains(&i.path))
+            .collect()
     }
 
     /// The path infos of the paths to send, in order.
@@ -110,8 +132,35 @@ impl fmt::Display for CopyPlan {
             mib(self.nar_bytes_to_send),
             self.skip.len()
         )?;
+        let mut from_cache = std::collections::BTreeMap::new();
+        if let Some(sub) = &self.substitution {
+            for w in &sub.warnings {
+                writeln!(f, "  warning: {w}")?;
+            }
+            for cache in &sub.sources {
+                writeln!(
+                    f,
+                    "  from {}: {} paths ({:.1} MiB of NAR, {:.1} MiB to download)",
+                    cache.url,
+                    cache.paths,
+                    mib(cache.nar_bytes),
+                    mib(cache.file_bytes)
+                )?;
+            }
+            for p in &sub.paths {
+                from_cache.insert(&p.path, &sub.sources[p.source].url);
+            }
+        }
         for p in &self.send {
-            writeln!(f, "  send {} ({:.1} MiB)", p.path, mib(p.nar_size))?;
+            match from_cache.get(&p.path) {
+                Some(url) => writeln!(
+                    f,
+                    "  substitute {} ({:.1} MiB) from {url}",
+                    p.path,
+                    mib(p.nar_size)
+                )?,
+                None => writeln!(f, "  send {} ({:.1} MiB)", p.path, mib(p.nar_size))?,
+            }
         }
         Ok(())
     }
@@ -130,6 +179,15 @@ pub struct Summary {
     /// Blocks sent at each zstd level (0: uncompressed), over SSH.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub zstd_levels: Vec<(i32, u64)>,
+    /// Paths the target fetched from binary caches (not in `paths_sent`), and their NAR bytes.
+    pub paths_substituted: u64,
+    pub substituted_nar_bytes: u64,
+    /// Per cache: paths, NAR bytes and bytes downloaded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub caches: Vec<SourceReport>,
+    /// Planned substitutes that failed and were streamed instead.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub substitution_failed: Vec<StorePath>,
 }
 
 impl fmt::Display for Summary {
@@ -144,7 +202,32 @@ impl fmt::Display for Summary {
             self.paths_skipped,
             self.seconds,
             nar / self.seconds.max(0.001),
-        )
+        )?;
+        if self.paths_substituted > 0 || !self.caches.is_empty() {
+            write!(
+                f,
+                "; the target fetched {} paths ({:.1} MiB of NAR) from caches",
+                self.paths_substituted,
+                mib(self.substituted_nar_bytes)
+            )?;
+            for c in self.caches.iter().filter(|c| c.paths > 0) {
+                write!(
+                    f,
+                    ", {} from {} ({:.1} MiB downloaded)",
+                    c.paths,
+                    c.url,
+                    mib(c.file_bytes)
+                )?;
+            }
+            if !self.substitution_failed.is_empty() {
+                write!(
+                    f,
+                    ", {} streamed after their download failed",
+                    self.substitution_failed.len()
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -235,7 +318,7 @@ pub fn copy_to_local(request: &CopyRequest) -> Result<Outcome, StoreError> {
         wire_bytes: 0,
         seconds: started.elapsed().as_secs_f64(),
         sync_seconds: received.sync_seconds,
-        zstd_levels: Vec::new(),
+        ..Summary::default()
     }))
 }
 
@@ -270,8 +353,12 @@ async fn with_agent(
     let paths: Vec<StorePath> = request.closure.iter().map(|i| i.path.clone()).collect();
     let root = &request.root;
     let valid = agent.client.query_valid(root, &paths).await?;
-    let plan = CopyPlan::new(target.to_string(), root, &request.closure, &valid);
+    let mut plan = CopyPlan::new(target.to_string(), root, &request.closure, &valid);
     if request.dry_run {
+        if let Some(overrides) = &request.substitute {
+            let missing = plan.missing(&request.closure);
+            plan.substitution = Some(agent.client.plan_substitution(overrides, &missing).await?);
+        }
         return Ok(Outcome::Planned(plan));
     }
     stream_closure(
@@ -281,6 +368,7 @@ async fn with_agent(
         &request.source,
         &request.closure,
         request.compression,
+        request.substitute.as_ref(),
         started,
     )
     .await
@@ -288,7 +376,10 @@ async fn with_agent(
 }
 
 /// Opens the store root `root` on the agent's machine and streams what of `closure` it lacks
-/// (asked again once the store is locked) from `source`, with a progress bar.
+/// (asked again once the store is locked) from `source`, with a progress bar. With
+/// `substitute`, the target first plans what its caches hold of that, and downloads it while
+/// the rest is streamed; what it fails to download is streamed after.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn stream_closure(
     agent: &mut Agent,
     destination: &str,
@@ -296,17 +387,48 @@ pub(crate) async fn stream_closure(
     source: &NarSource,
     closure: &[PathInfo],
     compression: Compression,
+    substitute: Option<&Overrides>,
     started: Instant,
 ) -> Result<Summary, RemoteError> {
     let paths: Vec<StorePath> = closure.iter().map(|i| i.path.clone()).collect();
     agent.client.open_store(root).await?;
     // Opened and locked now: the answer counts what another writer added since.
     let valid = agent.client.query_valid(root, &paths).await?;
-    let plan = CopyPlan::new(destination.to_owned(), root, closure, &valid);
-    tracing::info!("{}", plan.to_string().lines().next().unwrap_or_default());
+    let mut plan = CopyPlan::new(destination.to_owned(), root, closure, &valid);
     let missing = plan.missing(closure);
+    if let Some(overrides) = substitute
+        && !missing.is_empty()
+    {
+        let sub = agent.client.plan_substitution(overrides, &missing).await?;
+        for w in &sub.warnings {
+            tracing::warn!("{w}");
+        }
+        plan.substitution = Some(sub);
+    }
+    let mut lines = plan.to_string();
+    if let Some(sub) = &plan.substitution {
+        lines = format!(
+            "{}, {} of them from the target's caches ({:.1} MiB of NAR)",
+            lines.lines().next().unwrap_or_default(),
+            sub.paths.len(),
+            mib(sub.nar_bytes())
+        );
+    }
+    tracing::info!("{}", lines.lines().next().unwrap_or_default());
+    let streamed = plan.streamed(closure);
     let mut progress = Progress::new(missing.len() as u64, plan.nar_bytes_to_send);
-    let transfer = if missing.is_empty() {
+    let substituting = plan
+        .substitution
+        .as_ref()
+        .is_some_and(|s| !s.paths.is_empty());
+    let transfer = if substituting {
+        Some(
+            agent
+                .client
+                .receive_substituting(source, &streamed, compression, &mut progress)
+                .await?,
+        )
+    } else if missing.is_empty() {
         None
     } else {
         Some(
@@ -317,13 +439,25 @@ pub(crate) async fn stream_closure(
         )
     };
     progress.finish();
+    let report = transfer.as_ref().and_then(|t| t.substituted.clone());
+    let (paths_sent, nar_bytes) = match &transfer {
+        Some(t) => (t.paths, t.nar_bytes),
+        None => (0, 0),
+    };
     Ok(Summary {
-        paths_sent: missing.len() as u64,
+        paths_sent,
         paths_skipped: plan.skip.len() as u64,
-        nar_bytes: plan.nar_bytes_to_send,
+        nar_bytes,
         wire_bytes: transfer.as_ref().map_or(0, |t| t.wire_bytes),
         seconds: started.elapsed().as_secs_f64(),
         sync_seconds: transfer.as_ref().map_or(0.0, |t| t.sync_seconds),
         zstd_levels: transfer.map(|t| t.sent.levels).unwrap_or_default(),
+        paths_substituted: report.as_ref().map_or(0, |r| r.paths_substituted),
+        substituted_nar_bytes: report.as_ref().map_or(0, |r| r.nar_bytes),
+        substitution_failed: report
+            .as_ref()
+            .map(|r| r.failed.iter().map(|f| f.path.clone()).collect())
+            .unwrap_or_default(),
+        caches: report.map(|r| r.sources).unwrap_or_default(),
     })
 }

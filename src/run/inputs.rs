@@ -8,9 +8,10 @@ use std::path::PathBuf;
 
 use std::collections::BTreeSet;
 
-use crate::cli::install::{Build, BuildOn, Layout, Phase, Source};
+use crate::cli::install::{Build, BuildOn, Layout, Phase, Source, Substitution};
 use crate::exec::{Cmd, CmdError};
 use crate::store::{NarSource, PathInfo, StoreError, StorePath};
+use crate::substitute::Overrides;
 
 /// The Nix expression applied to `disko.devices` before it is printed as JSON: attributes whose
 /// name starts with `_` (but `_index` and `_name`) are left out unevaluated, and so are
@@ -326,4 +327,55 @@ fn store_path(what: &str, out: &[u8]) -> Result<StorePath, InputError> {
         what: what.to_owned(),
         text: text.trim().to_owned(),
     })
+}
+
+/// What the target's substitution adds to its nix.conf during an install (issue 15): the
+/// command line's caches and keys, and with `use_machine_substituters` the system's own
+/// `nix.settings.substituters` and `trusted-public-keys`, evaluated here. `None`: the install
+/// does not substitute. A system whose settings do not evaluate is installed without them,
+/// with a warning.
+pub(crate) fn substitution(
+    substitution: &Substitution,
+    source: &Source,
+    build: &Build,
+) -> Option<Overrides> {
+    if !substitution.on_destination {
+        return None;
+    }
+    let mut overrides = Overrides {
+        substituters: substitution.substituters.clone(),
+        extra_substituters: substitution.extra_substituters.clone(),
+        trusted_public_keys: substitution.trusted_public_keys.clone(),
+        ssl_cert_file: None,
+    };
+    let installable = source.installable("nix.settings");
+    if let (true, Some(installable)) = (substitution.use_machine_substituters, installable) {
+        let apply = "s: { substituters = s.substituters or []; \
+                     keys = s.trusted-public-keys or []; }";
+        let evaluated = nix(build, &["eval", "--json", "--apply", apply])
+            .arg(&installable)
+            .output()
+            .map_err(|e| e.to_string())
+            .and_then(|out| {
+                serde_json::from_slice::<serde_json::Value>(&out).map_err(|e| e.to_string())
+            });
+        match evaluated {
+            Ok(settings) => {
+                let list = |key: &str| -> Vec<String> {
+                    settings[key]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                };
+                overrides.extra_substituters.extend(list("substituters"));
+                overrides.trusted_public_keys.extend(list("keys"));
+            }
+            Err(e) => tracing::warn!(
+                "the system's own substituters are not used: evaluating {installable}: {e}"
+            ),
+        }
+    }
+    Some(overrides)
 }

@@ -465,6 +465,7 @@ async fn phases(
                             &prepared.source,
                             closure,
                             Compression::Auto,
+                            None,
                             Instant::now(),
                         )
                         .await
@@ -514,6 +515,11 @@ async fn phases(
                                 from_where(&prepared.source)
                             ),
                         );
+                        let substitute = inputs::substitution(
+                            &request.substitution,
+                            &request.source,
+                            &request.build,
+                        );
                         let copied = super::copy::stream_closure(
                             agent,
                             &target.to_string(),
@@ -521,6 +527,7 @@ async fn phases(
                             &prepared.source,
                             &prepared.closure,
                             Compression::Auto,
+                            substitute.as_ref(),
                             Instant::now(),
                         )
                         .await

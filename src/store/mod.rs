@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 pub use crate::nar::NarHash;
 pub use info::{PathInfo, dependency_order, query_closure};
 pub use path::{STORE_DIR, StorePath, StorePathError};
-pub use root::StoreRoot;
+pub use root::{StoreRoot, Unpacked, Unpacker};
 pub use source::NarSource;
 
 use crate::exec::CmdError;

@@ -10,8 +10,10 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufRead, Read};
+use std::os::fd::BorrowedFd;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
@@ -38,7 +40,92 @@ pub struct StoreRoot {
     pending_since: Option<Instant>,
     /// Held for the life of the writer: Nix's `big-lock`, exclusively.
     _lock: File,
-    next_temp: u64,
+}
+
+/// Keeps temporary names unique within this process; the pid keeps them unique between
+/// processes.
+static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
+
+/// Unpacks NARs into a store root's store directory under temporary names, without its
+/// writer: several can unpack at once (the operator's stream and downloads) while the writer
+/// puts checked paths into place and registers them, one at a time, in dependency order.
+pub struct Unpacker {
+    root: PathBuf,
+    store: OwnedFd,
+}
+
+/// A path unpacked and checked against its path info under a temporary name; not in place
+/// and not valid until [`StoreRoot::commit`]. Dropped uncommitted, it is removed.
+pub struct Unpacked {
+    info: PathInfo,
+    temp: String,
+    drv_outputs: Vec<(String, StorePath)>,
+    store: Option<OwnedFd>,
+}
+
+impl Unpacked {
+    pub fn info(&self) -> &PathInfo {
+        &self.info
+    }
+}
+
+impl Drop for Unpacked {
+    fn drop(&mut self) {
+        if let Some(store) = &self.store {
+            let _ = remove_tree(store.as_fd(), self.temp.as_bytes());
+        }
+    }
+}
+
+impl Unpacker {
+    /// Unpacks the NAR of `info.path` from `nar`, reading exactly `info.nar_size` bytes, and
+    /// checks it against `info`. On error nothing of it remains.
+    pub fn unpack(&self, info: &PathInfo, nar: impl BufRead) -> Result<Unpacked, StoreError> {
+        unpack(self.store.as_fd(), &self.root, info, nar)
+    }
+}
+
+fn unpack(
+    store: BorrowedFd<'_>,
+    root: &Path,
+    info: &PathInfo,
+    nar: impl BufRead,
+) -> Result<Unpacked, StoreError> {
+    let temp = format!(
+        "{TEMP_PREFIX}{}-{}",
+        std::process::id(),
+        NEXT_TEMP.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut reader = NarReader::with_limit(nar, info.nar_size);
+    restore_into(&mut reader, store, temp.as_bytes(), Canonical::Yes).map_err(|source| {
+        StoreError::Nar {
+            path: info.path.clone(),
+            source,
+        }
+    })?;
+    // restore_into cleaned up after its own errors; dropping this removes the tree after the
+    // later checks' (and whenever it is not committed).
+    let owned = store
+        .try_clone_to_owned()
+        .map_err(|e| StoreError::io(&root.join("nix/store"), e))?;
+    let mut unpacked = Unpacked {
+        info: info.clone(),
+        temp,
+        drv_outputs: Vec::new(),
+        store: Some(owned),
+    };
+    let (actual, actual_size) = reader.finish().expect("restore reads to the end");
+    if actual != info.nar_hash || actual_size != info.nar_size {
+        return Err(StoreError::HashMismatch {
+            path: info.path.clone(),
+            expected: info.nar_hash,
+            actual,
+            expected_size: info.nar_size,
+            actual_size,
+        });
+    }
+    unpacked.drv_outputs = drv_outputs(store, info, &unpacked.temp)?;
+    Ok(unpacked)
 }
 
 impl StoreRoot {
@@ -75,7 +162,6 @@ impl StoreRoot {
             pending: Vec::new(),
             pending_since: None,
             _lock: lock,
-            next_temp: 0,
         };
         root.remove_stale_temporaries()?;
         Ok(root)
@@ -113,42 +199,43 @@ impl StoreRoot {
     /// remains and `nar` is left at an unknown position.
     pub fn receive(&mut self, info: &PathInfo, nar: impl BufRead) -> Result<(), StoreError> {
         self.check_references(info)?;
-        let temp = format!("{TEMP_PREFIX}{}-{}", std::process::id(), self.next_temp);
-        self.next_temp += 1;
-        let mut reader = NarReader::with_limit(nar, info.nar_size);
-        let unpacked = restore_into(
-            &mut reader,
-            self.store.as_fd(),
-            temp.as_bytes(),
-            Canonical::Yes,
-        )
-        .map_err(|source| StoreError::Nar {
-            path: info.path.clone(),
-            source,
-        });
-        let checked = unpacked.and_then(|()| {
-            let (actual, actual_size) = reader.finish().expect("restore reads to the end");
-            if actual != info.nar_hash || actual_size != info.nar_size {
-                return Err(StoreError::HashMismatch {
-                    path: info.path.clone(),
-                    expected: info.nar_hash,
-                    actual,
-                    expected_size: info.nar_size,
-                    actual_size,
-                });
+        let unpacked = unpack(self.store.as_fd(), &self.root, info, nar)?;
+        self.commit(unpacked)
+    }
+
+    /// An unpacker into this root's store, to use without this writer (see [`Unpacker`]).
+    pub fn unpacker(&self) -> Result<Unpacker, StoreError> {
+        let store = self
+            .store
+            .try_clone()
+            .map_err(|e| StoreError::io(&self.root.join("nix/store"), e))?;
+        Ok(Unpacker {
+            root: self.root.clone(),
+            store,
+        })
+    }
+
+    /// The references of `info` that are not valid here (nor waiting to be registered).
+    pub fn missing_references(&self, info: &PathInfo) -> Result<Vec<StorePath>, StoreError> {
+        let mut missing = Vec::new();
+        for reference in info.references.iter().filter(|r| **r != info.path) {
+            let pending = self.pending.iter().any(|(p, _)| p.path == *reference);
+            if !pending && !self.db.is_valid(reference)? {
+                missing.push(reference.clone());
             }
-            self.drv_outputs(info, &temp)
-        });
-        let drv_outputs = match checked {
-            Ok(outputs) => outputs,
-            Err(e) => {
-                // restore_into cleaned up after its own errors; this is for the later checks.
-                let _ = remove_tree(self.store.as_fd(), temp.as_bytes());
-                return Err(e);
-            }
-        };
-        self.move_into_place(&temp, &info.path)?;
-        self.pending.push((info.clone(), drv_outputs));
+        }
+        Ok(missing)
+    }
+
+    /// Moves an unpacked path into place, once its references are valid; it is registered
+    /// by the next [`flush`](Self::flush) (which this calls now and then).
+    pub fn commit(&mut self, mut unpacked: Unpacked) -> Result<(), StoreError> {
+        self.check_references(&unpacked.info)?;
+        self.move_into_place(&unpacked.temp, &unpacked.info.path)?;
+        unpacked.store = None; // in place now: nothing to remove
+        let info = unpacked.info.clone();
+        self.pending
+            .push((info, std::mem::take(&mut unpacked.drv_outputs)));
         let since = *self.pending_since.get_or_insert_with(Instant::now);
         if self.pending.len() >= BATCH_PATHS || since.elapsed() >= BATCH_AGE {
             self.flush()?;
@@ -197,42 +284,13 @@ impl StoreRoot {
     }
 
     fn check_references(&self, info: &PathInfo) -> Result<(), StoreError> {
-        for reference in info.references.iter().filter(|r| **r != info.path) {
-            let pending = self.pending.iter().any(|(p, _)| p.path == *reference);
-            if !pending && !self.db.is_valid(reference)? {
-                return Err(StoreError::MissingReference {
-                    path: info.path.clone(),
-                    reference: reference.clone(),
-                });
-            }
+        match self.missing_references(info)?.into_iter().next() {
+            Some(reference) => Err(StoreError::MissingReference {
+                path: info.path.clone(),
+                reference,
+            }),
+            None => Ok(()),
         }
-        Ok(())
-    }
-
-    fn drv_outputs(
-        &self,
-        info: &PathInfo,
-        temp: &str,
-    ) -> Result<Vec<(String, StorePath)>, StoreError> {
-        if !info.path.is_derivation() {
-            return Ok(Vec::new());
-        }
-        let bad = || StoreError::BadDerivation {
-            path: info.path.clone(),
-        };
-        let fd = rustix::fs::openat(
-            self.store.as_fd(),
-            temp,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|_| bad())?;
-        let mut text = Vec::new();
-        File::from(fd)
-            .take(64 << 20)
-            .read_to_end(&mut text)
-            .map_err(|_| bad())?;
-        drv::derivation_outputs(&text).ok_or_else(bad)
     }
 
     /// Renames the checked temporary tree to its store path. Something already there is not
@@ -264,4 +322,30 @@ impl StoreRoot {
         }
         Ok(())
     }
+}
+
+fn drv_outputs(
+    store: BorrowedFd<'_>,
+    info: &PathInfo,
+    temp: &str,
+) -> Result<Vec<(String, StorePath)>, StoreError> {
+    if !info.path.is_derivation() {
+        return Ok(Vec::new());
+    }
+    let bad = || StoreError::BadDerivation {
+        path: info.path.clone(),
+    };
+    let fd = rustix::fs::openat(
+        store,
+        temp,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|_| bad())?;
+    let mut text = Vec::new();
+    File::from(fd)
+        .take(64 << 20)
+        .read_to_end(&mut text)
+        .map_err(|_| bad())?;
+    drv::derivation_outputs(&text).ok_or_else(bad)
 }

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::SubstituteError;
 use super::signature::CACHE_NIXOS_ORG_KEY;
@@ -117,7 +117,8 @@ impl NixConf {
 }
 
 /// What the tool's flags add to the target's configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Overrides {
     /// `--substituters`: replaces the configured list.
     pub substituters: Option<Vec<String>>,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::cache::chain;
@@ -29,6 +29,9 @@ pub trait Destination: Send {
     /// A directory on the store's filesystem for the files that hold downloads until the
     /// writer takes them.
     fn spool_dir(&self) -> PathBuf;
+    /// `info.path` will not be received: its download or spool failed before the writer
+    /// reached it (a writer shared with a stream stops waiting for it).
+    fn given_up(&mut self, _info: &PathInfo) {}
 }
 
 impl Destination for StoreRoot {
@@ -60,6 +63,9 @@ impl<D: Destination> Destination for Arc<Mutex<D>> {
     fn spool_dir(&self) -> PathBuf {
         self.lock().expect("store lock").spool_dir()
     }
+    fn given_up(&mut self, info: &PathInfo) {
+        self.lock().expect("store lock").given_up(info)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -77,7 +83,7 @@ impl Default for FetchOptions {
 }
 
 /// What a substitution did, per source, and what failed (to be streamed instead).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FetchReport {
     pub paths_substituted: u64,
     pub nar_bytes: u64,
@@ -89,7 +95,7 @@ pub struct FetchReport {
     pub substituted: BTreeSet<StorePath>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourceReport {
     pub url: String,
     pub paths: u64,
@@ -98,7 +104,7 @@ pub struct SourceReport {
     pub file_bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failed {
     pub path: StorePath,
     pub source: String,
@@ -226,7 +232,10 @@ fn write_all<D: Destination>(
     for job in jobs {
         let info = &job.planned.info;
         let outcome = match (job.nar, &*sources[job.planned.source]) {
-            (Err(e), _) => Err(e),
+            (Err(e), _) => {
+                dest.given_up(info);
+                Err(e)
+            }
             (Ok(Some(mut nar)), _) => dest.receive(info, &mut nar).map_err(|e| e.to_string()),
             (Ok(None), Source::Local(store)) => store
                 .with_nar(&info.path, |nar| dest.receive(info, nar))

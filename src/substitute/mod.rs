@@ -29,7 +29,10 @@ pub use config::{NixConf, Overrides, Settings};
 pub use fetch::{Destination, Failed, FetchOptions, FetchReport, SourceReport};
 pub use local::LocalStore;
 pub use narinfo::{Compression, NarInfo, NarInfoError};
-pub use plan::{Fetch, NotSubstituted, Planned, SourceSummary, Substituter, SubstitutionPlan};
+pub use plan::{
+    Fetch, NotSubstituted, PlanOverview, Planned, PlannedPath, SourceSummary, Substituter,
+    SubstitutionPlan,
+};
 pub use signature::{BadKey, TrustedKeys};
 
 use crate::store::StoreError;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store::{NarHash, StorePath};
 
@@ -16,7 +16,7 @@ use crate::store::{NarHash, StorePath};
 pub const MAX_NARINFO_LEN: usize = 1 << 20;
 
 /// How a cache compressed a NAR file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     None,

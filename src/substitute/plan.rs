@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -64,14 +64,14 @@ pub struct Planned {
     pub info: PathInfo,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Fetch {
     /// A NAR file from a binary cache.
     Nar {
         url: String,
         compression: Compression,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         file_size: Option<u64>,
     },
     /// Dumped from a local store's directory.
@@ -79,15 +79,15 @@ pub enum Fetch {
 }
 
 /// A wanted path no source will provide, and why (for each source that was asked).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotSubstituted {
     pub path: StorePath,
     pub nar_size: u64,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceSummary {
     pub url: String,
     pub priority: u64,
@@ -113,6 +113,52 @@ impl SubstitutionPlan {
         self.paths.iter().map(|p| p.path.clone()).collect()
     }
 
+    pub fn nar_bytes(&self) -> u64 {
+        self.paths.iter().map(|p| p.nar_size).sum()
+    }
+
+    /// The plan as the agent reports it to the tool: the same, without the path infos the
+    /// tool has already.
+    pub fn overview(&self) -> PlanOverview {
+        PlanOverview {
+            sources: self.sources.clone(),
+            paths: self
+                .paths
+                .iter()
+                .map(|p| PlannedPath {
+                    path: p.path.clone(),
+                    source: p.source,
+                    nar_size: p.nar_size,
+                    fetch: p.fetch.clone(),
+                })
+                .collect(),
+            not_substituted: self.not_substituted.clone(),
+            warnings: self.warnings.clone(),
+        }
+    }
+}
+
+/// A [`SubstitutionPlan`] as plain data, for the wire and `--dry-run --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanOverview {
+    pub sources: Vec<SourceSummary>,
+    pub paths: Vec<PlannedPath>,
+    pub not_substituted: Vec<NotSubstituted>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedPath {
+    pub path: StorePath,
+    /// Index into [`PlanOverview::sources`].
+    pub source: usize,
+    pub nar_size: u64,
+    #[serde(flatten)]
+    pub fetch: Fetch,
+}
+
+impl PlanOverview {
     pub fn nar_bytes(&self) -> u64 {
         self.paths.iter().map(|p| p.nar_size).sum()
     }

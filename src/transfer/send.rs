@@ -55,6 +55,22 @@ pub struct SendStats {
     pub levels: Vec<(i32, u64)>,
 }
 
+impl SendStats {
+    /// Adds what a later stream over the same channel measured.
+    pub fn add(&mut self, more: SendStats) {
+        self.nar_bytes += more.nar_bytes;
+        self.wire_bytes += more.wire_bytes;
+        self.waited_for_blocks += more.waited_for_blocks;
+        self.waited_for_link += more.waited_for_link;
+        for (level, n) in more.levels {
+            match self.levels.iter_mut().find(|(l, _)| *l == level) {
+                Some((_, m)) => *m += n,
+                None => self.levels.push((level, n)),
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error(transparent)]
