@@ -186,6 +186,11 @@ images__installer_root() {
 	mkdir -p "$root/etc/lvm"
 	printf '%s\n' 'activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }' \
 		'devices { obtain_device_list_from_udev = 0 }' > "$root/etc/lvm/lvm.conf"
+	# As nixos-images' installer the image has a nix.conf, but the guests reach
+	# no network: no binary cache (Nix's default would be cache.nixos.org), so
+	# an install substitutes nothing and streams everything.
+	mkdir -p "$root/etc/nix"
+	printf '%s\n' 'substituters =' > "$root/etc/nix/nix.conf"
 	cat > "$root/etc/os-release" <<-'EOF'
 		NAME=NixOS
 		ID=nixos
