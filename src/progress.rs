@@ -91,7 +91,7 @@ impl Progress {
     fn update(&mut self) {
         let from_caches = if self.substituted_paths > 0 {
             format!(
-                " ({} streamed, {} from caches: {:.0} MiB)",
+                " ({} streamed, {} substituted: {:.0} MiB)",
                 self.paths,
                 self.substituted_paths,
                 mib(self.substituted_bytes)

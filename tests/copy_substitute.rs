@@ -603,3 +603,160 @@ fn the_targets_own_nix_conf_names_the_cache_its_key_and_its_ca() {
     assert_verifies(&root);
     assert_eq!(path_infos(&fx.top, Some(&root)), path_infos(&fx.top, None));
 }
+
+/// `copy -s` to the installer stand-in `sshd` with no substitution flags: the substituters
+/// and keys are its own nix.conf's. Returns the `--json` output (the plan with `--dry-run`) and the stderr.
+fn copy_to_installer(sshd: &Sshd, root: &Path, extra: &[&str]) -> (Value, String) {
+    let out = Command::new(BIN)
+        .args(["copy", "-s", "--to"])
+        .arg(format!("ssh://{}", sshd.destination()))
+        .arg("-i")
+        .arg(&sshd.client_key)
+        .arg("--root")
+        .arg(root)
+        .args(extra)
+        .arg(&fixture().top)
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("SSH_PRIVATE_KEY")
+        .output()
+        .unwrap();
+    assert_ok(&out, sshd);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !extra.contains(&"--json") {
+        return (Value::Null, stderr);
+    }
+    let json = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    (json, stderr)
+}
+
+/// The installer's `nix.conf` names its own store (`extra-substituters = /`, and no cache at
+/// all), which holds the whole closure, as an installer booted from the operator's build
+/// would: the plan takes everything from the local store, the copy streams nothing and
+/// downloads nothing, Nix verifies the store, and a rerun has nothing to do.
+#[test]
+fn the_installers_own_store_is_a_source_without_network() {
+    let fx = fixture();
+    let sshd = Sshd::start_as_installer("substituters =\nextra-substituters = /\n");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let total = fx.closure.len() as u64;
+    let all: BTreeSet<StorePath> = fx.closure.iter().map(|i| i.path.clone()).collect();
+
+    let (plan, _) = copy_to_installer(&sshd, &root, &["--dry-run", "--json"]);
+    let sources = plan["substitution"]["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 1, "{plan}");
+    assert_eq!(sources[0]["url"], "/", "{plan}");
+    assert_eq!(sources[0]["kind"], "local", "{plan}");
+    assert_eq!(n(&sources[0], "paths"), total, "{plan}");
+    assert_eq!(n(&sources[0], "nar_bytes"), total_nar(&all), "{plan}");
+    assert_eq!(n(&sources[0], "file_bytes"), 0, "{plan}");
+    assert!(
+        plan["substitution"]["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["kind"] == "local"),
+        "{plan}"
+    );
+    let (_, text) = copy_to_installer(&sshd, &root, &["--dry-run"]);
+    assert!(
+        text.contains(&format!("from local store /: {total} paths")),
+        "{text}"
+    );
+    assert!(!root.exists(), "a dry run creates nothing");
+
+    let (summary, stderr) = copy_to_installer(&sshd, &root, &["--json"]);
+    assert_eq!(
+        n(&summary, "paths_substituted"),
+        total,
+        "{summary}\n{stderr}"
+    );
+    assert_eq!(
+        n(&summary, "substituted_nar_bytes"),
+        total_nar(&all),
+        "{summary}"
+    );
+    assert_eq!(n(&summary, "paths_sent"), 0, "{summary}");
+    assert_eq!(n(&summary, "wire_bytes"), 0, "nothing streamed: {summary}");
+    let source = &summary["caches"][0];
+    assert_eq!(source["kind"], "local", "{summary}");
+    assert_eq!(n(source, "paths"), total, "{summary}");
+    assert_eq!(n(source, "file_bytes"), 0, "nothing downloaded: {summary}");
+    assert_verifies(&root);
+    assert_eq!(path_infos(&fx.top, Some(&root)), path_infos(&fx.top, None));
+
+    let (again, _) = copy_to_installer(&sshd, &root, &["--json"]);
+    assert_eq!(n(&again, "paths_sent"), 0, "{again}");
+    assert_eq!(n(&again, "paths_substituted"), 0, "{again}");
+    assert_eq!(n(&again, "wire_bytes"), 0, "{again}");
+    assert_eq!(n(&again, "paths_skipped"), total, "{again}");
+}
+
+/// A regular file somewhere in `dir` (itself, if it is one).
+fn a_file_in(dir: &Path) -> Option<PathBuf> {
+    let meta = std::fs::symlink_metadata(dir).unwrap();
+    if meta.is_file() {
+        return Some(dir.to_owned());
+    }
+    if !meta.is_dir() {
+        return None;
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    entries.iter().find_map(|e| a_file_in(e))
+}
+
+/// The local store named is another store root (`substituters = DIR`), made by Nix, in which
+/// one path's files were changed after it was registered (its database still says the right
+/// hash): that path's NAR does not hash to the tool's, so it is not registered from there but
+/// streamed, with the paths that refer to it; the rest comes from the local store, and Nix
+/// verifies the result.
+#[test]
+fn a_local_store_whose_copy_was_changed_is_checked_and_streamed() {
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local");
+    run(nix()
+        .args(["copy", "--no-check-sigs", "--to"])
+        .arg(&local)
+        .args(["--option", "build-users-group", ""])
+        .arg(&fx.top));
+    let (victim, file) = fx.closure[fx.closure.len() / 2..]
+        .iter()
+        .find_map(|i| {
+            let file = a_file_in(&i.path.under_root(&local))?;
+            (std::fs::metadata(&file).unwrap().len() > 0).then(|| (i.path.clone(), file))
+        })
+        .expect("a path of the closure holds a non-empty file");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[0] ^= 0x20;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let sshd = Sshd::start_as_installer(&format!("substituters = {}\n", local.display()));
+    let root = dir.path().join("root");
+    let (summary, stderr) = copy_to_installer(&sshd, &root, &["--json"]);
+    let clear = clear_of(&[&victim]);
+    assert_eq!(
+        n(&summary, "paths_substituted"),
+        clear.len() as u64,
+        "{summary}\n{stderr}"
+    );
+    assert_eq!(
+        n(&summary, "paths_sent"),
+        (fx.closure.len() - clear.len()) as u64,
+        "{summary}"
+    );
+    assert_eq!(summary["caches"][0]["kind"], "local", "{summary}");
+    let failed: Vec<&str> = summary["substitution_failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(failed.contains(&victim.to_absolute().as_str()), "{summary}");
+    assert_verifies(&root);
+    assert_eq!(path_infos(&fx.top, Some(&root)), path_infos(&fx.top, None));
+}

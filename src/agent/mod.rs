@@ -191,8 +191,12 @@ fn session(input: impl Read + Send, output: &mut (impl Write + Send)) -> Result<
                 store = Some(StoreRoot::open(&root)?);
                 Reply::StoreOpened
             }
-            Request::PlanSubstitution { overrides, paths } => {
-                let (pending, overview) = substitute::plan(&overrides, &paths)?;
+            Request::PlanSubstitution {
+                overrides,
+                root,
+                paths,
+            } => {
+                let (pending, overview) = substitute::plan(&overrides, &root, &paths)?;
                 substitution = Some(pending);
                 Reply::SubstitutionPlanned(Box::new(overview))
             }

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::time::Duration;
@@ -49,14 +49,18 @@ fn nix_conf_path() -> PathBuf {
         .join("nix.conf")
 }
 
-/// Plans the substitution of `paths` (the ones the store root lacks, dependencies first).
+/// Plans the substitution of `paths` (the ones the store root `root` lacks, dependencies
+/// first). A local store named as a substituter (an installer's `/`) is a source unless it is
+/// `root` itself.
 pub(super) fn plan(
     overrides: &Overrides,
+    root: &Path,
     paths: &[PathInfo],
 ) -> Result<(Pending, PlanOverview), AgentError> {
     let conf_path = nix_conf_path();
     let conf = NixConf::read(&conf_path)?;
-    let settings = Settings::resolve(&conf, overrides);
+    let mut settings = Settings::resolve(&conf, overrides);
+    let itself = settings.without_store_root(root);
     tracing::info!(
         conf = %conf_path.display(),
         substituters = ?settings.substituters,
@@ -68,7 +72,14 @@ pub(super) fn plan(
         .enable_all()
         .build()
         .map_err(|e| SubstituteError::Client(format!("starting the runtime: {e}")))?;
-    let substituter = runtime.block_on(Substituter::open(&settings, &HttpOptions::default()))?;
+    let mut substituter =
+        runtime.block_on(Substituter::open(&settings, &HttpOptions::default()))?;
+    substituter.warnings.extend(itself.iter().map(|s| {
+        format!(
+            "substituter {s:?}: it is the store root {} being written; skipping it",
+            root.display()
+        )
+    }));
     let plan = runtime.block_on(substituter.plan(paths));
     let overview = plan.overview();
     Ok((

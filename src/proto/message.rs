@@ -35,11 +35,12 @@ pub enum Request {
         root: PathBuf,
     },
     /// Reads the target's Nix configuration, adds `overrides` (the tool's flags), opens the
-    /// caches and plans which of `paths` (those the store root lacks, dependencies first) they
-    /// hold. Downloads nothing: a dry run can ask it. The agent keeps the plan for the next
-    /// `Receive`.
+    /// caches and local stores (but the store root `root` itself) and plans which of `paths`
+    /// (those `root` lacks, dependencies first) they hold. Downloads nothing: a dry run can
+    /// ask it. The agent keeps the plan for the next `Receive`.
     PlanSubstitution {
         overrides: Overrides,
+        root: PathBuf,
         paths: Vec<PathInfo>,
     },
     /// The NARs of these paths follow, in this order, as blocks. With `substitute`, the agent

@@ -123,15 +123,18 @@ impl<R: AsyncRead + Unpin, W: FrameSink> AgentClient<R, W> {
         }
     }
 
-    /// Asks the agent which of `paths` (those the store root lacks, dependencies first) the
-    /// caches hold, with the target's Nix configuration and `overrides`. Downloads nothing.
+    /// Asks the agent which of `paths` (those the store root `root` lacks, dependencies first)
+    /// its substituters hold, with the target's Nix configuration and `overrides`. Downloads
+    /// nothing.
     pub async fn plan_substitution(
         &mut self,
         overrides: &Overrides,
+        root: &Path,
         paths: &[PathInfo],
     ) -> Result<PlanOverview, ClientError> {
         let request = Request::PlanSubstitution {
             overrides: overrides.clone(),
+            root: root.to_owned(),
             paths: paths.to_vec(),
         };
         match self.request(&request).await? {

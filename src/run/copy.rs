@@ -19,7 +19,7 @@ use crate::progress::{Progress, mib};
 use crate::remote::{Agent, ClientError, RemoteError};
 use crate::ssh::{SshOptions, Target};
 use crate::store::{NarSource, PathInfo, StoreError, StorePath, StoreRoot};
-use crate::substitute::{Overrides, PlanOverview, SourceReport};
+use crate::substitute::{Overrides, PlanOverview, SourceKind, SourceReport};
 use crate::transfer::{self, Compression};
 
 /// Where a copy goes.
@@ -137,18 +137,24 @@ impl fmt::Display for CopyPlan {
             for w in &sub.warnings {
                 writeln!(f, "  warning: {w}")?;
             }
-            for cache in &sub.sources {
-                writeln!(
+            for source in &sub.sources {
+                write!(
                     f,
-                    "  from {}: {} paths ({:.1} MiB of NAR, {:.1} MiB to download)",
-                    cache.url,
-                    cache.paths,
-                    mib(cache.nar_bytes),
-                    mib(cache.file_bytes)
+                    "  from {}: {} paths ({:.1} MiB of NAR",
+                    source.kind.name(&source.url),
+                    source.paths,
+                    mib(source.nar_bytes),
                 )?;
+                match source.kind {
+                    SourceKind::Cache => {
+                        writeln!(f, ", {:.1} MiB to download)", mib(source.file_bytes))?
+                    }
+                    SourceKind::Local => writeln!(f, ", nothing to download)")?,
+                }
             }
             for p in &sub.paths {
-                from_cache.insert(&p.path, &sub.sources[p.source].url);
+                let source = &sub.sources[p.source];
+                from_cache.insert(&p.path, source.kind.name(&source.url));
             }
         }
         for p in &self.send {
@@ -179,10 +185,11 @@ pub struct Summary {
     /// Blocks sent at each zstd level (0: uncompressed), over SSH.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub zstd_levels: Vec<(i32, u64)>,
-    /// Paths the target fetched from binary caches (not in `paths_sent`), and their NAR bytes.
+    /// Paths the target fetched from its substituters, binary caches and local stores (not in
+    /// `paths_sent`), and their NAR bytes.
     pub paths_substituted: u64,
     pub substituted_nar_bytes: u64,
-    /// Per cache: paths, NAR bytes and bytes downloaded.
+    /// Per substituter: paths, NAR bytes and bytes downloaded (none from a local store).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub caches: Vec<SourceReport>,
     /// Planned substitutes that failed and were streamed instead.
@@ -206,18 +213,15 @@ impl fmt::Display for Summary {
         if self.paths_substituted > 0 || !self.caches.is_empty() {
             write!(
                 f,
-                "; the target fetched {} paths ({:.1} MiB of NAR) from caches",
+                "; the target fetched {} paths ({:.1} MiB of NAR) from its substituters",
                 self.paths_substituted,
                 mib(self.substituted_nar_bytes)
             )?;
             for c in self.caches.iter().filter(|c| c.paths > 0) {
-                write!(
-                    f,
-                    ", {} from {} ({:.1} MiB downloaded)",
-                    c.paths,
-                    c.url,
-                    mib(c.file_bytes)
-                )?;
+                write!(f, ", {} from {}", c.paths, c.kind.name(&c.url))?;
+                if c.kind == SourceKind::Cache {
+                    write!(f, " ({:.1} MiB downloaded)", mib(c.file_bytes))?;
+                }
             }
             if !self.substitution_failed.is_empty() {
                 write!(
@@ -357,7 +361,12 @@ async fn with_agent(
     if request.dry_run {
         if let Some(overrides) = &request.substitute {
             let missing = plan.missing(&request.closure);
-            plan.substitution = Some(agent.client.plan_substitution(overrides, &missing).await?);
+            plan.substitution = Some(
+                agent
+                    .client
+                    .plan_substitution(overrides, root, &missing)
+                    .await?,
+            );
         }
         return Ok(Outcome::Planned(plan));
     }
@@ -399,7 +408,10 @@ pub(crate) async fn stream_closure(
     if let Some(overrides) = substitute
         && !missing.is_empty()
     {
-        let sub = agent.client.plan_substitution(overrides, &missing).await?;
+        let sub = agent
+            .client
+            .plan_substitution(overrides, root, &missing)
+            .await?;
         for w in &sub.warnings {
             tracing::warn!("{w}");
         }

@@ -167,6 +167,33 @@ impl Settings {
                 .or_else(|| conf.ssl_cert_file.clone()),
         }
     }
+
+    /// Drops the local stores whose root is `root`, the store root being written: a store is
+    /// no source for itself (an installer's `extra-substituters = /` when copying into `/`).
+    /// Returns the names dropped.
+    pub fn without_store_root(&mut self, root: &Path) -> Vec<String> {
+        let same = |a: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(root)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == root,
+        };
+        let (dropped, kept) = std::mem::take(&mut self.substituters)
+            .into_iter()
+            .partition(|s| local_store_root(s).is_some_and(|r| same(&r)));
+        self.substituters = kept;
+        dropped
+    }
+}
+
+/// The root of a local store named as a substituter: an absolute path (`/`, `/DIR`,
+/// `local?root=/DIR`), or `local`/`auto`/`daemon` for the running system's (the agent reads
+/// that store directly; it is not a daemon client). `None`: not a local store.
+pub fn local_store_root(name: &str) -> Option<PathBuf> {
+    let name = name.strip_prefix("local?root=").unwrap_or(name);
+    match name {
+        "local" | "auto" | "daemon" | "unix://" => Some("/".into()),
+        path if path.starts_with('/') && !path.contains('?') => Some(path.into()),
+        _ => None,
+    }
 }
 
 fn dedup<'a>(items: impl Iterator<Item = &'a str>) -> Vec<String> {
@@ -261,5 +288,35 @@ mod tests {
             NixConf::read(&dir.path().join("absent.conf")).unwrap(),
             NixConf::default()
         );
+    }
+
+    #[test]
+    fn a_local_store_is_no_source_for_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().display().to_string();
+        let mut settings = Settings {
+            substituters: ["/", "auto", "local?root=/", "http://x"]
+                .map(str::to_owned)
+                .into_iter()
+                .chain([other.clone()])
+                .collect(),
+            trusted_public_keys: vec![],
+            ssl_cert_file: None,
+        };
+        let mut into_other = settings.clone();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        assert_eq!(
+            settings.without_store_root(Path::new("//")),
+            ["/", "auto", "local?root=/"]
+        );
+        assert_eq!(settings.substituters, ["http://x", other.as_str()]);
+        assert_eq!(
+            into_other.without_store_root(&dir.path().join("sub/..")),
+            [other.as_str()]
+        );
+        assert_eq!(into_other.substituters.len(), 4);
+        assert_eq!(local_store_root("daemon").as_deref(), Some(Path::new("/")));
+        assert_eq!(local_store_root("s3://bucket"), None);
+        assert_eq!(local_store_root("/x?trusted=1"), None);
     }
 }

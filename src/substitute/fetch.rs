@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::cache::chain;
 use super::narinfo::Compression;
-use super::plan::{Fetch, Planned, Source, Substituter, SubstitutionPlan};
+use super::plan::{Fetch, Planned, Source, SourceKind, Substituter, SubstitutionPlan};
 use super::spool::{SpoolReader, SpoolWriter, spool};
 use crate::nar::hash::HashCounter;
 use crate::store::{PathInfo, StoreError, StorePath, StoreRoot};
@@ -98,6 +98,8 @@ pub struct FetchReport {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourceReport {
     pub url: String,
+    #[serde(default)]
+    pub kind: SourceKind,
     pub paths: u64,
     pub nar_bytes: u64,
     /// Bytes received from the network (compressed).
@@ -189,6 +191,7 @@ impl Substituter {
                 .zip(&received)
                 .map(|(s, r)| SourceReport {
                     url: s.url(),
+                    kind: s.kind(),
                     file_bytes: r.load(Ordering::Relaxed),
                     ..SourceReport::default()
                 })
@@ -212,7 +215,7 @@ impl Substituter {
                 tracing::warn!("not substituted: {}: {reason}", planned.path);
                 report.failed.push(Failed {
                     path: planned.path.clone(),
-                    source: source.url.clone(),
+                    source: source.kind.name(&source.url),
                     reason,
                 });
             }

@@ -25,13 +25,13 @@ pub mod spool;
 use std::path::PathBuf;
 
 pub use cache::{HttpCache, HttpOptions};
-pub use config::{NixConf, Overrides, Settings};
+pub use config::{NixConf, Overrides, Settings, local_store_root};
 pub use fetch::{Destination, Failed, FetchOptions, FetchReport, SourceReport};
 pub use local::LocalStore;
 pub use narinfo::{Compression, NarInfo, NarInfoError};
 pub use plan::{
-    Fetch, NotSubstituted, PlanOverview, Planned, PlannedPath, SourceSummary, Substituter,
-    SubstitutionPlan,
+    Fetch, NotSubstituted, PlanOverview, Planned, PlannedPath, SourceKind, SourceSummary,
+    Substituter, SubstitutionPlan,
 };
 pub use signature::{BadKey, TrustedKeys};
 

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use super::SubstituteError;
 use super::cache::{self, HttpCache, HttpOptions};
-use super::config::Settings;
+use super::config::{Settings, local_store_root};
 use super::local::LocalStore;
 use super::narinfo::{Compression, NarInfo};
 use super::signature::TrustedKeys;
@@ -30,6 +30,13 @@ impl Source {
         match self {
             Self::Http(c) => c.url.clone(),
             Self::Local(l) => l.root().display().to_string(),
+        }
+    }
+
+    pub(super) fn kind(&self) -> SourceKind {
+        match self {
+            Self::Http(_) => SourceKind::Cache,
+            Self::Local(_) => SourceKind::Local,
         }
     }
 
@@ -87,9 +94,32 @@ pub struct NotSubstituted {
     pub reasons: Vec<String>,
 }
 
+/// What kind of source a summary's `url` names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// An http(s) binary cache; `url` is its URL.
+    #[default]
+    Cache,
+    /// A local store read directly; `url` is its root (`/` for the running system's).
+    Local,
+}
+
+impl SourceKind {
+    /// How a person is shown the source `url` of this kind.
+    pub fn name(self, url: &str) -> String {
+        match self {
+            Self::Cache => url.to_owned(),
+            Self::Local => format!("local store {url}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceSummary {
     pub url: String,
+    #[serde(default)]
+    pub kind: SourceKind,
     pub priority: u64,
     pub paths: u64,
     pub nar_bytes: u64,
@@ -184,7 +214,7 @@ impl Substituter {
                             .map(Source::Http),
                     )
                 });
-            } else if let Some(root) = local_root(url) {
+            } else if let Some(root) = local_store_root(url) {
                 let opened = LocalStore::open(&root).map(Source::Local);
                 opening.spawn(async move { (i, opened) });
             } else {
@@ -238,7 +268,7 @@ impl Substituter {
                         reasons
                             .entry(path)
                             .or_default()
-                            .push(format!("{}: {reason}", source.url()));
+                            .push(format!("{}: {reason}", source.kind().name(&source.url())));
                     }
                     Answer::Error(e) => {
                         errors += 1;
@@ -248,8 +278,8 @@ impl Substituter {
             }
             if errors > 0 {
                 warnings.push(format!(
-                    "{}: {errors} narinfo requests failed; those paths are streamed",
-                    source.url()
+                    "{}: {errors} queries failed; those paths are streamed",
+                    source.kind().name(&source.url())
                 ));
             }
         }
@@ -259,6 +289,7 @@ impl Substituter {
             .iter()
             .map(|s| SourceSummary {
                 url: s.url(),
+                kind: s.kind(),
                 priority: s.priority(),
                 paths: 0,
                 nar_bytes: 0,
@@ -396,16 +427,4 @@ fn check(cache: &HttpCache, keys: &TrustedKeys, info: &PathInfo, narinfo: NarInf
         compression: narinfo.compression,
         file_size: narinfo.file_size,
     })
-}
-
-/// The root of a local store named as a substituter: an absolute path, or `local`/`auto`/
-/// `daemon` for the running system's (the agent reads that store directly; it is not a daemon
-/// client).
-fn local_root(url: &str) -> Option<std::path::PathBuf> {
-    let url = url.strip_prefix("local?root=").unwrap_or(url);
-    match url {
-        "local" | "auto" | "daemon" | "unix://" => Some("/".into()),
-        path if path.starts_with('/') && !path.contains('?') => Some(path.into()),
-        _ => None,
-    }
 }
