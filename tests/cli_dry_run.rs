@@ -13,6 +13,30 @@ fn plan(line: &str, env: &[(&str, &str)]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("extra")).unwrap();
     let line = line.replace("@DIR", dir.path().join("extra").to_str().unwrap());
+    let ca = dir.path().join("ca.pem");
+    let line = if line.contains("@CA") {
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=dry run CA",
+                "-nodes",
+            ])
+            .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+            .arg("-keyout")
+            .arg(dir.path().join("ca.key"))
+            .arg("-out")
+            .arg(&ca)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl: {out:?}");
+        line.replace("@CA", ca.to_str().unwrap())
+    } else {
+        line
+    };
     let out = Command::new(BIN)
         .args(line.split_whitespace())
         .args(["--dry-run", "--json"])
@@ -83,6 +107,12 @@ fn does<'p>(plan: &'p Value, phase: &str) -> &'p str {
 #[case("--flake .#a --env-password h", &[("SSHPASS", "hunter2")], |p: &Value| {
     assert_eq!(p["request"]["target"]["password"], "<redacted>");
     assert!(!p.to_string().contains("hunter2"));
+})]
+// The plan names the CA file; its certificates travel in the substitution request only.
+#[case("--flake .#a --ssl-cert-file @CA h", &[], |p: &Value| {
+    let file = p["request"]["substitution"]["ssl_cert_file"].as_str().unwrap();
+    assert!(file.ends_with("/ca.pem"), "{file}");
+    assert!(!p.to_string().contains("BEGIN CERTIFICATE"));
 })]
 fn each_flag_shows_in_the_plan(
     #[case] line: &str,

@@ -189,6 +189,13 @@ fn fixture(name: &str) -> PathBuf {
 #[case("--flake .#a --trusted-public-keys cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY= h", |r: &InstallRequest| {
     assert_eq!(r.substitution.trusted_public_keys.len(), 1);
 })]
+// The CA file is read here: its certificates go to the target, not its name.
+#[case("--flake .#a --ssl-cert-file @CA h", |r: &InstallRequest| {
+    let ca = r.substitution.ssl_cert_file.as_ref().unwrap();
+    assert_eq!(ca.file, fixture("ca.pem"));
+    assert_eq!(ca.pem, std::fs::read_to_string(fixture("ca.pem")).unwrap());
+    assert!(r.build.nix_options.is_empty(), "not an option of this machine's Nix");
+})]
 // Building and copying.
 #[case("--flake .#a --option cores 2 --option max-jobs 1 h", |r: &InstallRequest| {
     assert_eq!(r.build.nix_options, [
@@ -366,6 +373,8 @@ fn accepted(#[case] line: &str, #[case] check: fn(&InstallRequest)) {
     "not an ed25519 public key"
 )]
 #[case("--flake .#a --trusted-public-keys k:!!! h", "not base64")]
+#[case("--flake .#a --ssl-cert-file @KEY h", "holds no PEM certificate")]
+#[case("--flake .#a --ssl-cert-file @ROOT/missing.pem h", "No such file")]
 #[case("--flake .#a --ssh-store-setting a b&c h", "must be URI-encoded")]
 #[case("--flake .#a --kexec-deadline 0 h", "must be longer than zero")]
 #[case("--flake .#a --connect-deadline forever h", "is not a duration")]

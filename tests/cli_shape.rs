@@ -62,6 +62,7 @@ const OUR_FLAGS: &[&str] = &[
     "--substituters",
     "--extra-substituters",
     "--trusted-public-keys",
+    "--ssl-cert-file",
     "--agent",
     "--kexec-deadline",
     "--connect-deadline",

@@ -542,8 +542,8 @@ fn tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 /// Without `--substituters` or keys, the agent uses what the target's Nix would: its
 /// `nix.conf` (here `$NIX_CONF_DIR`, as an installer stand-in's sshd sets it) names the cache,
-/// the key, and the CA (`ssl-cert-file`) of the cache's HTTPS certificate. The cache is on this
-/// machine's 127.0.0.1.
+/// the key, and the CA (`ssl-cert-file`) of the cache's HTTPS certificate. Where it names no
+/// CA, the operator's `--ssl-cert-file` gives it. The cache is on this machine's 127.0.0.1.
 #[test]
 fn the_targets_own_nix_conf_names_the_cache_its_key_and_its_ca() {
     let fx = fixture();
@@ -598,6 +598,54 @@ fn the_targets_own_nix_conf_names_the_cache_its_key_and_its_ca() {
     assert_eq!(
         summary["caches"][0]["url"],
         server.url.as_str(),
+        "{summary}"
+    );
+    assert_verifies(&root);
+    assert_eq!(path_infos(&fx.top, Some(&root)), path_infos(&fx.top, None));
+
+    // A target whose nix.conf names the cache and key but not the CA: the bundled roots do not
+    // know the server, so the cache is skipped with a warning and everything is streamed ...
+    let sshd = Sshd::start_as_installer(&format!(
+        "substituters = {}\ntrusted-public-keys = {}\n",
+        server.url, fx.key_a
+    ));
+    let root = dir.path().join("without-ca");
+    let (summary, stderr) = copy_to_installer(&sshd, &root, &["--json"]);
+    assert_eq!(n(&summary, "paths_substituted"), 0, "{summary}");
+    assert!(stderr.contains("certificate"), "{stderr}");
+    // ... unless the operator gives the CA with --ssl-cert-file. The file is read here: in a
+    // mount namespace of the tool's own it lies on a tmpfs the target does not see.
+    let private = dir.path().join("operator-only");
+    std::fs::create_dir(&private).unwrap();
+    let root = dir.path().join("with-ca");
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs tmpfs "$0" && cp "$1" "$0/ca.pem" && shift && exec "$@""#)
+        .arg(&private)
+        .arg(&ca)
+        .arg(BIN)
+        .args(["copy", "--json", "-s", "--to"])
+        .arg(format!("ssh://{}", sshd.destination()))
+        .arg("-i")
+        .arg(&sshd.client_key)
+        .arg("--root")
+        .arg(&root)
+        .arg("--ssl-cert-file")
+        .arg(private.join("ca.pem"))
+        .arg(&fx.top)
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("SSH_PRIVATE_KEY")
+        .output()
+        .unwrap();
+    assert_ok(&out, &sshd);
+    assert!(
+        std::fs::read_dir(&private).unwrap().next().is_none(),
+        "the CA was never on the target's side"
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        n(&summary, "paths_substituted"),
+        part_closure.len() as u64,
         "{summary}"
     );
     assert_verifies(&root);

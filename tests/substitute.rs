@@ -18,7 +18,7 @@ use nix_oracle::{NixInfo, closure, nix, nix_store, output, path_infos, run, temp
 use nixos_anywhere_rs::nar;
 use nixos_anywhere_rs::store::{PathInfo, StorePath, StoreRoot, query_closure};
 use nixos_anywhere_rs::substitute::{
-    FetchOptions, FetchReport, HttpOptions, Settings, Substituter, SubstitutionPlan,
+    CaCertificates, FetchOptions, FetchReport, HttpOptions, Settings, Substituter, SubstitutionPlan,
 };
 
 /// The small fixture closure, keys, and three caches Nix made of it.
@@ -272,6 +272,7 @@ fn settings(urls: &[&str], keys: &[&str]) -> Settings {
         substituters: urls.iter().map(|u| (*u).to_owned()).collect(),
         trusted_public_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
         ssl_cert_file: None,
+        ssl_certificates: None,
     }
 }
 
@@ -628,6 +629,18 @@ fn https_with_a_private_ca() {
     with_ca.ssl_cert_file = Some(tls().ca.clone());
     let (plan, report) = substitute(tmp.path(), &with_ca, &quick());
     finish(tmp.path(), &plan, &report, &all_paths());
+
+    // The same CA read elsewhere and given as certificates (the operator's --ssl-cert-file).
+    let tmp = tempdir();
+    let mut given = settings(&[&server.url], &[&fx.key_a]);
+    given.ssl_certificates = Some(CaCertificates::read(&tls().ca).unwrap());
+    let (plan, report) = substitute(tmp.path(), &given, &quick());
+    finish(tmp.path(), &plan, &report, &all_paths());
+    let not_pem = CaCertificates::read(&tls().key).unwrap_err();
+    assert!(
+        not_pem.to_string().contains("no PEM certificate"),
+        "{not_pem}"
+    );
 
     // Without the CA the bundled roots do not know the server: a warning, and all is streamed.
     let tmp = tempdir();

@@ -8,7 +8,7 @@ use clap::Args;
 use super::SshArgs;
 use crate::run::copy::{CopyRequest, Destination};
 use crate::store::{self, NarSource, StorePath};
-use crate::substitute::{Overrides, TrustedKeys};
+use crate::substitute::{CaCertificates, Overrides, TrustedKeys};
 use crate::transfer::Compression;
 
 #[derive(Debug, Args)]
@@ -53,6 +53,11 @@ pub struct CopyArgs {
     /// destination's (repeatable, or space-separated).
     #[arg(long, value_name = "KEY")]
     pub trusted_public_keys: Vec<String>,
+    /// CA certificates (PEM) of https caches with a private CA: read here and sent along, so
+    /// the destination need not have the file; the destination trusts them besides the bundled
+    /// roots, instead of its nix.conf's ssl-cert-file.
+    #[arg(long, value_name = "FILE")]
+    pub ssl_cert_file: Option<PathBuf>,
     #[command(flatten)]
     pub ssh: SshArgs,
     /// Store paths (or links to them, such as ./result) whose closures are copied.
@@ -121,7 +126,12 @@ impl CopyArgs {
             substituters: self.substituters.as_deref().map(split),
             extra_substituters: split(&self.extra_substituters),
             trusted_public_keys,
-            ssl_cert_file: None,
+            ssl_certificates: self
+                .ssl_cert_file
+                .as_deref()
+                .map(CaCertificates::read)
+                .transpose()
+                .context("--ssl-cert-file")?,
         }))
     }
 }

@@ -36,7 +36,7 @@ pub use frame::{Frame, HEADER_LEN, MAX_FRAME, read_frame, read_frame_async, writ
 pub use message::{AgentFailure, ErrorKind, KeyFile, Reply, Request};
 
 /// Bumped whenever a frame or message changes meaning.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {

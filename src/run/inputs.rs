@@ -346,7 +346,7 @@ pub(crate) fn substitution(
         substituters: substitution.substituters.clone(),
         extra_substituters: substitution.extra_substituters.clone(),
         trusted_public_keys: substitution.trusted_public_keys.clone(),
-        ssl_cert_file: None,
+        ssl_certificates: substitution.ssl_cert_file.clone(),
     };
     let installable = source.installable("nix.settings");
     if let (true, Some(installable)) = (substitution.use_machine_substituters, installable) {

@@ -500,6 +500,7 @@ async fn fetch_and_unpack(
             };
             let client = crate::substitute::cache::client(
                 None,
+                None,
                 &crate::substitute::HttpOptions {
                     open_deadline: Duration::from_secs(20),
                     idle_timeout: Duration::from_secs(60),

@@ -3,15 +3,17 @@
 //! One [`reqwest::Client`] is shared by every request, so connections are kept alive and many
 //! requests are in flight at once. TLS is rustls on aws-lc-rs (which russh already links) with
 //! the Mozilla roots compiled in: a target without CA files can still reach an https cache.
-//! A private CA (`ssl-cert-file`) is added to those roots.
+//! A private CA is added to those roots: the target's `ssl-cert-file`, or the operator's
+//! `--ssl-cert-file`, read on the operator's machine and sent along as [`CaCertificates`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use serde::{Deserialize, Serialize};
 
 use super::SubstituteError;
 use super::narinfo::{NarInfo, NarInfoError};
@@ -35,28 +37,77 @@ impl Default for HttpOptions {
     }
 }
 
-/// Builds the one client all caches share.
+/// CA certificates in PEM, read from a file on the operator's machine (`--ssl-cert-file`) and
+/// sent to the agent whole: the target need not have the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaCertificates {
+    /// Where they were read, on the operator's machine: what messages name.
+    pub file: PathBuf,
+    pub pem: String,
+}
+
+impl CaCertificates {
+    /// Reads `file`, which must hold at least one PEM certificate that parses.
+    pub fn read(file: &Path) -> Result<Self, SubstituteError> {
+        let pem = std::fs::read_to_string(file).map_err(|e| SubstituteError::CertFile {
+            path: file.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let ca = Self {
+            file: file.to_owned(),
+            pem,
+        };
+        ca.add_to(&mut rustls::RootCertStore::empty())?;
+        Ok(ca)
+    }
+
+    fn add_to(&self, roots: &mut rustls::RootCertStore) -> Result<(), SubstituteError> {
+        let certs = CertificateDer::pem_slice_iter(self.pem.as_bytes());
+        add_certificates(roots, &self.file, certs)
+    }
+}
+
+/// Adds every certificate of `certs` (read from `file`) to `roots`; at least one is needed.
+fn add_certificates(
+    roots: &mut rustls::RootCertStore,
+    file: &Path,
+    certs: impl Iterator<Item = Result<CertificateDer<'static>, rustls::pki_types::pem::Error>>,
+) -> Result<(), SubstituteError> {
+    let bad = |reason: String| SubstituteError::CertFile {
+        path: file.to_owned(),
+        reason,
+    };
+    let mut added = 0;
+    for cert in certs {
+        let cert = cert.map_err(|e| bad(e.to_string()))?;
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(bad("it holds no PEM certificate".to_owned()));
+    }
+    Ok(())
+}
+
+/// Builds the one client all caches share, trusting the bundled roots and the CA certificates
+/// of `ssl_cert_file` (on this machine) and `certificates` (the operator's).
 pub fn client(
     ssl_cert_file: Option<&Path>,
+    certificates: Option<&CaCertificates>,
     opts: &HttpOptions,
 ) -> Result<reqwest::Client, SubstituteError> {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     if let Some(file) = ssl_cert_file {
-        let bad = |reason: String| SubstituteError::CertFile {
+        let certs = CertificateDer::pem_file_iter(file).map_err(|e| SubstituteError::CertFile {
             path: file.to_owned(),
-            reason,
-        };
-        let mut added = 0;
-        for cert in CertificateDer::pem_file_iter(file).map_err(|e| bad(e.to_string()))? {
-            let cert = cert.map_err(|e| bad(e.to_string()))?;
-            roots.add(cert).map_err(|e| bad(e.to_string()))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(bad("it holds no PEM certificate".to_owned()));
-        }
+            reason: e.to_string(),
+        })?;
+        add_certificates(&mut roots, file, certs)?;
+    }
+    if let Some(certificates) = certificates {
+        certificates.add_to(&mut roots)?;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)

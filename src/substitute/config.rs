@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::SubstituteError;
+use super::cache::CaCertificates;
 use super::signature::CACHE_NIXOS_ORG_KEY;
 
 /// Nix's default substituter.
@@ -126,8 +127,9 @@ pub struct Overrides {
     pub extra_substituters: Vec<String>,
     /// `--trusted-public-keys`, and the machine's own `nix.settings.trusted-public-keys`: added.
     pub trusted_public_keys: Vec<String>,
-    /// `--option ssl-cert-file`.
-    pub ssl_cert_file: Option<PathBuf>,
+    /// `--ssl-cert-file`: CA certificates read on the operator's machine, replacing the
+    /// target's `ssl-cert-file`.
+    pub ssl_certificates: Option<CaCertificates>,
 }
 
 /// The sources and keys substitution uses, in the order given (priorities sort them later).
@@ -135,8 +137,12 @@ pub struct Overrides {
 pub struct Settings {
     pub substituters: Vec<String>,
     pub trusted_public_keys: Vec<String>,
+    /// The target's `ssl-cert-file`: CA certificates in a file on the target.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ssl_cert_file: Option<PathBuf>,
+    /// The operator's, which replace those.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssl_certificates: Option<CaCertificates>,
 }
 
 impl Settings {
@@ -161,10 +167,13 @@ impl Settings {
         Self {
             substituters: dedup(substituters.iter().map(|s| s.trim_end_matches('/'))),
             trusted_public_keys: dedup(keys.iter().map(String::as_str)),
-            ssl_cert_file: overrides
-                .ssl_cert_file
-                .clone()
-                .or_else(|| conf.ssl_cert_file.clone()),
+            // Given on the command line, the setting replaces the configuration's, as Nix's
+            // settings do.
+            ssl_cert_file: match overrides.ssl_certificates {
+                Some(_) => None,
+                None => conf.ssl_cert_file.clone(),
+            },
+            ssl_certificates: overrides.ssl_certificates.clone(),
         }
     }
 
@@ -253,7 +262,7 @@ mod tests {
                 substituters: Some(vec!["http://mine".into()]),
                 extra_substituters: vec!["http://more".into(), "http://mine/".into()],
                 trusted_public_keys: vec!["k-1:AAAA".into()],
-                ssl_cert_file: Some("/ca.pem".into()),
+                ssl_certificates: None,
             },
         );
         assert_eq!(replaced.substituters, ["http://mine", "http://more"]);
@@ -261,10 +270,27 @@ mod tests {
             replaced.trusted_public_keys,
             [CACHE_NIXOS_ORG_KEY, "k-1:AAAA"]
         );
+
+        // The operator's CA certificates replace the target's file.
+        let conf = NixConf::parse("ssl-cert-file = /etc/ca.pem\n", Path::new("/")).unwrap();
+        let targets = Settings::resolve(&conf, &Overrides::default());
         assert_eq!(
-            replaced.ssl_cert_file.as_deref(),
-            Some(Path::new("/ca.pem"))
+            targets.ssl_cert_file.as_deref(),
+            Some(Path::new("/etc/ca.pem"))
         );
+        let ca = CaCertificates {
+            file: "ca.pem".into(),
+            pem: "PEM".into(),
+        };
+        let operators = Settings::resolve(
+            &conf,
+            &Overrides {
+                ssl_certificates: Some(ca.clone()),
+                ..Overrides::default()
+            },
+        );
+        assert_eq!(operators.ssl_cert_file, None);
+        assert_eq!(operators.ssl_certificates, Some(ca));
 
         let none = Settings::resolve(&NixConf::default(), &Overrides::default());
         assert_eq!(none.substituters, [DEFAULT_SUBSTITUTER]);
@@ -302,6 +328,7 @@ mod tests {
                 .collect(),
             trusted_public_keys: vec![],
             ssl_cert_file: None,
+            ssl_certificates: None,
         };
         let mut into_other = settings.clone();
         std::fs::create_dir(dir.path().join("sub")).unwrap();

@@ -24,7 +24,7 @@ pub mod spool;
 
 use std::path::PathBuf;
 
-pub use cache::{HttpCache, HttpOptions};
+pub use cache::{CaCertificates, HttpCache, HttpOptions};
 pub use config::{NixConf, Overrides, Settings, local_store_root};
 pub use fetch::{Destination, Failed, FetchOptions, FetchReport, SourceReport};
 pub use local::LocalStore;

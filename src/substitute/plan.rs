@@ -200,7 +200,11 @@ impl Substituter {
     /// keys or CA file are errors (bad input, before anything is asked).
     pub async fn open(settings: &Settings, opts: &HttpOptions) -> Result<Self, SubstituteError> {
         let keys = TrustedKeys::parse(settings.trusted_public_keys.iter().map(String::as_str))?;
-        let client = cache::client(settings.ssl_cert_file.as_deref(), opts)?;
+        let client = cache::client(
+            settings.ssl_cert_file.as_deref(),
+            settings.ssl_certificates.as_ref(),
+            opts,
+        )?;
         let mut warnings = Vec::new();
         let mut opening = JoinSet::new();
         for (i, url) in settings.substituters.iter().enumerate() {

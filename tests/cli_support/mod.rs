@@ -63,6 +63,7 @@ impl Files {
             ("@ID", self.path("id").display().to_string()),
             ("@XZ", self.path("kexec.tar.xz").display().to_string()),
             ("@KH", self.path("known_hosts").display().to_string()),
+            ("@CA", self.path("ca.pem").display().to_string()),
             ("@ROOT", self.root.display().to_string()),
         ] {
             out = out.replace(token, &path);
@@ -101,6 +102,7 @@ pub fn files() -> &'static Files {
         write("agent", "#!/bin/sh\n");
         std::fs::set_permissions(root.join("agent"), PermissionsExt::from_mode(0o755)).unwrap();
         std::fs::create_dir(root.join("extra")).unwrap();
+        self_signed_ca(&root.join("ca.pem"));
         let system = add_to_store(&root);
         std::os::unix::fs::symlink(&system, root.join("result")).unwrap();
         Files {
@@ -109,6 +111,28 @@ pub fn files() -> &'static Files {
             system,
         }
     })
+}
+
+/// A CA certificate made with openssl, at `pem` (its key beside it).
+pub fn self_signed_ca(pem: &Path) {
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=cli test CA",
+            "-nodes",
+        ])
+        .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .arg("-keyout")
+        .arg(pem.with_extension("key"))
+        .arg("-out")
+        .arg(pem)
+        .output()
+        .expect("openssl runs");
+    assert!(out.status.success(), "openssl req: {out:?}");
 }
 
 /// A small directory added to the local store, standing in for a system toplevel.

@@ -228,6 +228,12 @@ pub struct InstallArgs {
     #[arg(long, value_name = "KEY", help_heading = SUBST)]
     pub trusted_public_keys: Vec<String>,
 
+    /// CA certificates (PEM) of https caches with a private CA: read here and sent along, so
+    /// the target need not have the file; trusted besides the bundled roots, instead of the
+    /// target's ssl-cert-file (`--option ssl-cert-file` is this machine's Nix's).
+    #[arg(long, value_name = "FILE", help_heading = SUBST)]
+    pub ssl_cert_file: Option<PathBuf>,
+
     // ---- Output ----
     /// Show every remote command and the scripts' traces; implies -L.
     #[arg(long, help_heading = OUTPUT)]

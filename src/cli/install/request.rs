@@ -13,6 +13,7 @@ use super::args::{BuildOn, DiskoMode};
 use super::keys::Secret;
 use crate::ssh::{SshError, SshOptions};
 use crate::store::StorePath;
+use crate::substitute::CaCertificates;
 
 /// An install, or with `--vm-test` the build of disko's VM test.
 #[derive(Debug, Serialize)]
@@ -284,6 +285,14 @@ pub struct Substitution {
     pub extra_substituters: Vec<String>,
     /// `--trusted-public-keys`: `NAME:BASE64` ed25519 keys, added to the target's.
     pub trusted_public_keys: Vec<String>,
+    /// `--ssl-cert-file`: CA certificates read here for the target's https caches (the plan
+    /// shows the file they came from).
+    #[serde(serialize_with = "ca_file", skip_serializing_if = "Option::is_none")]
+    pub ssl_cert_file: Option<CaCertificates>,
+}
+
+fn ca_file<S: serde::Serializer>(ca: &Option<CaCertificates>, s: S) -> Result<S::Ok, S::Error> {
+    ca.as_ref().map(|c| &c.file).serialize(s)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -6,6 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use super::args::{BuildOn, InstallArgs};
 use super::error::CliError;
 use super::request::*;
+use crate::substitute::{CaCertificates, SubstituteError};
 
 /// The ssh store setting nixos-anywhere always starts with (ssh `-C`).
 const DEFAULT_STORE_SETTING: (&str, &str) = ("compress", "true");
@@ -135,6 +136,17 @@ pub(super) fn substitution(a: &InstallArgs, source: &Source) -> Result<Substitut
     for key in &trusted_public_keys {
         check_public_key(key)?;
     }
+    let ssl_cert_file = match &a.ssl_cert_file {
+        None => None,
+        Some(file) => Some(CaCertificates::read(file).map_err(|e| CliError::Invalid {
+            flag: "--ssl-cert-file",
+            value: file.display().to_string(),
+            reason: match e {
+                SubstituteError::CertFile { reason, .. } => reason,
+                other => other.to_string(),
+            },
+        })?),
+    };
     let on_destination = !a.no_substitute_on_destination;
     Ok(Substitution {
         on_destination,
@@ -144,6 +156,7 @@ pub(super) fn substitution(a: &InstallArgs, source: &Source) -> Result<Substitut
         substituters,
         extra_substituters,
         trusted_public_keys,
+        ssl_cert_file,
     })
 }
 
