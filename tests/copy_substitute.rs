@@ -10,13 +10,14 @@
 mod nix_oracle;
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use nix_oracle::cache::{Tls, closure_of, copy_cache, edit_narinfo, make_tls, nar_file};
 use nix_oracle::{BIN, assert_verifies, closure, nix, nix_store, path_infos, run};
 use nixos_anywhere_rs::store::{PathInfo, StorePath, query_closure};
 use serde_json::Value;
@@ -99,18 +100,6 @@ fn fixture() -> &'static Fixture {
             work,
         }
     })
-}
-
-fn closure_of(closure: &[PathInfo], path: &StorePath) -> BTreeSet<StorePath> {
-    let by_path: BTreeMap<&StorePath, &PathInfo> = closure.iter().map(|i| (&i.path, i)).collect();
-    let mut seen = BTreeSet::new();
-    let mut todo = vec![path.clone()];
-    while let Some(p) = todo.pop() {
-        if seen.insert(p.clone()) {
-            todo.extend(by_path[&p].references.iter().cloned());
-        }
-    }
-    seen
 }
 
 /// The operator's namespace, 20 Mbit/s from the target's, where sshd runs.
@@ -323,34 +312,6 @@ fn part_all_or_none_of_the_closure_from_the_targets_cache() {
     assert_complete(&setup, &root, &[&empty.url]);
 }
 
-/// A copy of a cache directory, to break.
-fn copy_cache(from: &Path, name: &str) -> PathBuf {
-    let to = fixture()
-        .work
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&to);
-    run(Command::new("cp").arg("-r").arg(from).arg(&to));
-    to
-}
-
-fn narinfo_file(cache: &Path, path: &StorePath) -> PathBuf {
-    cache.join(format!("{}.narinfo", path.digest()))
-}
-
-fn nar_file(cache: &Path, path: &StorePath) -> PathBuf {
-    let text = std::fs::read_to_string(narinfo_file(cache, path)).unwrap();
-    let url = text.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
-    cache.join(url)
-}
-
-fn edit_narinfo(cache: &Path, path: &StorePath, edit: impl Fn(&str) -> String) {
-    let file = narinfo_file(cache, path);
-    let text = std::fs::read_to_string(&file).unwrap();
-    let edited: Vec<String> = text.lines().map(&edit).collect();
-    assert_ne!(edited.join("\n") + "\n", text, "the edit changed nothing");
-    std::fs::write(&file, edited.join("\n") + "\n").unwrap();
-}
-
 /// Paths of the closure that depend on none of `bad` (and are none of them).
 fn clear_of(bad: &[&StorePath]) -> BTreeSet<StorePath> {
     let fx = fixture();
@@ -372,7 +333,7 @@ fn clear_of(bad: &[&StorePath]) -> BTreeSet<StorePath> {
 fn bad_caches_fall_back_to_the_operators_stream() {
     let fx = fixture();
     let setup = setup("sb");
-    let bad = copy_cache(&fx.full_zstd, "bad");
+    let bad = copy_cache(&fx.work, &fx.full_zstd, "bad");
     // Five distinct paths spread over the closure, dependencies first: the downloads that fail
     // first (their dependents fail with them, for want of a reference), then the paths no
     // cache is trusted for, on which those three cannot depend.
@@ -488,58 +449,6 @@ fn stalling_silent_and_unreachable_caches_do_not_hang_the_copy() {
     assert_complete(&setup, &root, &caches);
 }
 
-/// A test CA and a server certificate it signed for 127.0.0.1, made with openssl; returns
-/// (CA, certificate, key).
-fn tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let f = |name: &str| dir.join(name);
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=copy substitute test CA",
-        ])
-        .args(ec)
-        .arg("-keyout")
-        .arg(f("ca.key"))
-        .arg("-out")
-        .arg(f("ca.pem")));
-    run(Command::new("openssl")
-        .args(["req", "-subj", "/CN=127.0.0.1"])
-        .args(ec)
-        .arg("-keyout")
-        .arg(f("server.key"))
-        .arg("-out")
-        .arg(f("server.csr")));
-    std::fs::write(
-        f("ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    run(Command::new("openssl")
-        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
-        .arg("-in")
-        .arg(f("server.csr"))
-        .arg("-CA")
-        .arg(f("ca.pem"))
-        .arg("-CAkey")
-        .arg(f("ca.key"))
-        .arg("-extfile")
-        .arg(f("ext"))
-        .arg("-out")
-        .arg(f("server.pem")));
-    (f("ca.pem"), f("server.pem"), f("server.key"))
-}
-
 /// Without `--substituters` or keys, the agent uses what the target's Nix would: its
 /// `nix.conf` (here `$NIX_CONF_DIR`, as an installer stand-in's sshd sets it) names the cache,
 /// the key, and the CA (`ssl-cert-file`) of the cache's HTTPS certificate. Where it names no
@@ -548,7 +457,7 @@ fn tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 fn the_targets_own_nix_conf_names_the_cache_its_key_and_its_ca() {
     let fx = fixture();
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = tls(dir.path());
+    let Tls { ca, cert, key } = make_tls(dir.path(), "copy substitute test CA");
     let script = nix_oracle::repo().join("tests/substitute_server.py");
     let mut child = Command::new("python3")
         .arg(script)

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use nix_oracle::cache::{Tls, closure_of, copy_cache, edit_narinfo, make_tls, nar_file};
 use nix_oracle::{NixInfo, closure, nix, nix_store, output, path_infos, run, tempdir};
 use nixos_anywhere_rs::nar;
 use nixos_anywhere_rs::store::{PathInfo, StorePath, StoreRoot, query_closure};
@@ -120,47 +121,6 @@ fn middle(closure: &[PathInfo]) -> StorePath {
         .1
 }
 
-fn closure_of(closure: &[PathInfo], path: &StorePath) -> BTreeSet<StorePath> {
-    let by_path: BTreeMap<&StorePath, &PathInfo> = closure.iter().map(|i| (&i.path, i)).collect();
-    let mut seen = BTreeSet::new();
-    let mut todo = vec![path.clone()];
-    while let Some(p) = todo.pop() {
-        if seen.insert(p.clone()) {
-            todo.extend(by_path[&p].references.iter().cloned());
-        }
-    }
-    seen
-}
-
-/// A copy of a cache directory, to break.
-fn copy_cache(from: &Path, name: &str) -> PathBuf {
-    let to = fixture()
-        .work
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&to);
-    run(Command::new("cp").arg("-r").arg(from).arg(&to));
-    to
-}
-
-fn narinfo_file(cache: &Path, path: &StorePath) -> PathBuf {
-    cache.join(format!("{}.narinfo", path.digest()))
-}
-
-/// The NAR file a cache's narinfo for `path` points at.
-fn nar_file(cache: &Path, path: &StorePath) -> PathBuf {
-    let text = std::fs::read_to_string(narinfo_file(cache, path)).unwrap();
-    let url = text.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
-    cache.join(url)
-}
-
-fn edit_narinfo(cache: &Path, path: &StorePath, edit: impl Fn(&str) -> String) {
-    let file = narinfo_file(cache, path);
-    let text = std::fs::read_to_string(&file).unwrap();
-    let edited: Vec<String> = text.lines().map(&edit).collect();
-    assert_ne!(edited.join("\n") + "\n", text, "the edit changed nothing");
-    std::fs::write(&file, edited.join("\n") + "\n").unwrap();
-}
-
 /// The test's cache server (tests/substitute_server.py), killed when dropped.
 struct Server {
     child: Child,
@@ -201,69 +161,13 @@ impl Drop for Server {
     }
 }
 
-/// A test CA and a server certificate it signed for 127.0.0.1, made with openssl.
-struct Tls {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
+/// The test CA, made once for this binary.
 fn tls() -> &'static Tls {
     static TLS: OnceLock<Tls> = OnceLock::new();
     TLS.get_or_init(|| {
         let dir = fixture().work.join("tls");
         std::fs::create_dir_all(&dir).unwrap();
-        let f = |name: &str| dir.join(name);
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        run(Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=substitute test CA",
-            ])
-            .args(ec)
-            .arg("-keyout")
-            .arg(f("ca.key"))
-            .arg("-out")
-            .arg(f("ca.pem")));
-        run(Command::new("openssl")
-            .args(["req", "-subj", "/CN=127.0.0.1"])
-            .args(ec)
-            .arg("-keyout")
-            .arg(f("server.key"))
-            .arg("-out")
-            .arg(f("server.csr")));
-        std::fs::write(
-            f("ext"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-        )
-        .unwrap();
-        run(Command::new("openssl")
-            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
-            .arg("-in")
-            .arg(f("server.csr"))
-            .arg("-CA")
-            .arg(f("ca.pem"))
-            .arg("-CAkey")
-            .arg(f("ca.key"))
-            .arg("-extfile")
-            .arg(f("ext"))
-            .arg("-out")
-            .arg(f("server.pem")));
-        Tls {
-            ca: f("ca.pem"),
-            cert: f("server.pem"),
-            key: f("server.key"),
-        }
+        make_tls(&dir, "substitute test CA")
     })
 }
 
@@ -467,7 +371,7 @@ fn an_empty_cache_and_an_untrusted_key_give_nothing() {
 #[test]
 fn a_wrong_signature_or_a_lying_nar_hash_is_not_used() {
     let fx = fixture();
-    let cache = copy_cache(&fx.full_zstd, "bad-sig");
+    let cache = copy_cache(&fx.work, &fx.full_zstd, "bad-sig");
     edit_narinfo(&cache, &fx.part, |l| match l.strip_prefix("Sig: ") {
         // Flip one character of the signature.
         Some(sig) => format!("Sig: {}", sig.replacen('A', "B", 1).replacen('a', "b", 1)),
@@ -491,7 +395,7 @@ fn a_wrong_signature_or_a_lying_nar_hash_is_not_used() {
     );
     finish(tmp.path(), &plan, &report, &not_depending_on(&fx.part));
 
-    let cache = copy_cache(&fx.full_zstd, "lying-hash");
+    let cache = copy_cache(&fx.work, &fx.full_zstd, "lying-hash");
     let other = fx.closure.iter().find(|i| i.path != fx.part).unwrap();
     edit_narinfo(&cache, &fx.part, |l| {
         if l.starts_with("NarHash: ") {
@@ -522,7 +426,7 @@ fn a_wrong_signature_or_a_lying_nar_hash_is_not_used() {
 #[test]
 fn a_truncated_nar_and_a_missing_one_are_rejected_and_streamed() {
     let fx = fixture();
-    let cache = copy_cache(&fx.full_none_b, "truncated");
+    let cache = copy_cache(&fx.work, &fx.full_none_b, "truncated");
     let truncated = nar_file(&cache, &fx.part);
     let len = std::fs::metadata(&truncated).unwrap().len();
     std::fs::OpenOptions::new()

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // Each test crate uses a different part.
 
+pub mod cache;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read};
