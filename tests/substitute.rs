@@ -14,7 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use nix_oracle::cache::{Tls, closure_of, copy_cache, edit_narinfo, make_tls, nar_file};
+use nix_oracle::cache::{
+    Tls, closure_of, copy_cache, edit_narinfo, make_tls, nar_file, narinfo_file,
+};
 use nix_oracle::{NixInfo, closure, nix, nix_store, output, path_infos, run, tempdir};
 use nixos_anywhere_rs::nar;
 use nixos_anywhere_rs::store::{PathInfo, StorePath, StoreRoot, query_closure};
@@ -35,6 +37,8 @@ struct Fixture {
     key_b: String,
     full_zstd: PathBuf,
     part_xz: PathBuf,
+    /// The same part, as Nix's oldest caches compress: bzip2.
+    part_bzip2: PathBuf,
     full_none_b: PathBuf,
     /// A cache with only its `nix-cache-info`.
     empty: PathBuf,
@@ -81,6 +85,7 @@ fn fixture() -> &'static Fixture {
         let all = [top.clone()];
         let full_zstd = make("full-zstd", &all, "zstd", &keys[0].0);
         let part_xz = make("part-xz", &[part.to_absolute()], "xz", &keys[0].0);
+        let part_bzip2 = make("part-bzip2", &[part.to_absolute()], "bzip2", &keys[0].0);
         let full_none_b = make("full-none-b", &all, "none", &keys[1].0);
         let empty = work.join("empty");
         std::fs::create_dir_all(&empty).unwrap();
@@ -98,6 +103,7 @@ fn fixture() -> &'static Fixture {
             key_b: keys[1].1.clone(),
             full_zstd,
             part_xz,
+            part_bzip2,
             full_none_b,
             empty,
             work,
@@ -317,7 +323,7 @@ fn not_depending_on(path: &StorePath) -> BTreeSet<StorePath> {
 }
 
 #[test]
-fn whole_closure_from_a_zstd_cache_and_part_from_an_xz_one() {
+fn whole_closure_from_a_zstd_cache_and_part_from_an_xz_or_bzip2_one() {
     let fx = fixture();
     let server = serve(&fx.full_zstd, None, false);
     let tmp = tempdir();
@@ -331,10 +337,15 @@ fn whole_closure_from_a_zstd_cache_and_part_from_an_xz_one() {
     assert!(report.sources[0].file_bytes > 0);
     finish(tmp.path(), &plan, &report, &all_paths());
 
-    let part = serve(&fx.part_xz, None, false);
-    let tmp = tempdir();
-    let (plan, report) = substitute(tmp.path(), &settings(&[&part.url], &[&fx.key_a]), &quick());
-    finish(tmp.path(), &plan, &report, &fx.part_closure);
+    for cache in [&fx.part_xz, &fx.part_bzip2] {
+        let part = serve(cache, None, false);
+        let tmp = tempdir();
+        let (plan, report) =
+            substitute(tmp.path(), &settings(&[&part.url], &[&fx.key_a]), &quick());
+        finish(tmp.path(), &plan, &report, &fx.part_closure);
+    }
+    let narinfo = std::fs::read_to_string(narinfo_file(&fx.part_bzip2, &fx.part)).unwrap();
+    assert!(narinfo.contains("Compression: bzip2"), "{narinfo}");
 }
 
 #[test]
