@@ -688,9 +688,9 @@ async fn download_on_target(
         r#"d={dir}; u={url}
 mkdir -p "$d" && cd "$d" || exit 1
 rm -f kexec-tarball kexec-tarball.part
-if command -v wget >/dev/null 2>&1; then wget -q -T 20 -O kexec-tarball.part "$u"
-elif command -v curl >/dev/null 2>&1; then curl --fail -sS -L --connect-timeout 20 -o kexec-tarball.part "$u"
-else echo "it has neither wget nor curl" >&2; exit 127; fi || {{ s=$?; rm -f kexec-tarball.part; exit $s; }}
+if command -v wget >/dev/null 2>&1; then t=wget; wget -q -T 20 -O kexec-tarball.part "$u"
+elif command -v curl >/dev/null 2>&1; then t=curl; curl --fail -sS -L --connect-timeout 20 -o kexec-tarball.part "$u"
+else echo "it has neither wget nor curl" >&2; exit 127; fi || {{ s=$?; rm -f kexec-tarball.part; echo "$t ended with exit status $s" >&2; exit $s; }}
 mv kexec-tarball.part kexec-tarball"#,
         dir = shell_quote(dir),
         url = shell_quote(url),

@@ -210,6 +210,8 @@ images__installer_root() {
 images__other_root() {
 	local root=$1 kver=$2 user hash
 	images__base_root "$root" "$kver" debian "${BASE_MODULES[@]}"
+	# Debian's wget, not busybox's (which, static, crashes in name lookups).
+	rm -f "$root/usr/bin/wget"
 	images__add_packages "$root" "${OTHER_PACKAGES[@]}"
 	images__add "$root" /usr/libexec/sudo/sudoers.so \
 		/usr/lib/x86_64-linux-gnu/security/pam_permit.so \
