@@ -40,11 +40,12 @@ fail() {
 #                    load pvpanic_pci: the images and the demo system do)
 #   --disk SIZE      add an empty virtio disk of SIZE (truncate's units: 2G)
 #   --disk-file FILE add FILE as a virtio disk (raw; used in place)
+#   --append TEXT    more kernel parameters (with --image), e.g. lockdown=integrity
 #   --mem MIB        memory, default 1536
 #   --smp N          CPUs, default 1
 # Disks appear in the guest in the order given: /dev/vda, /dev/vdb, ...
 vm_start() {
-	local name=$1 image='' firmware='' mem=1536 smp=1 disks=() disk fixed_port='' reboot=false
+	local name=$1 image='' firmware='' mem=1536 smp=1 disks=() disk fixed_port='' reboot=false append=
 	shift
 	local dir=$VM_RUN_DIR/vm-$name
 	[[ ! -e $dir ]] || fail "vm_start: a guest named $name exists already"
@@ -69,6 +70,7 @@ vm_start() {
 			disks+=("$disk") && shift
 			;;
 		--mem) mem=$2 && shift ;;
+		--append) append=" $2" && shift ;;
 		--smp) smp=$2 && shift ;;
 		*) fail "vm_start: unknown option $1" ;;
 		esac
@@ -119,7 +121,7 @@ vm_start() {
 		local img=$IMAGES_DIR/$image
 		[[ -f $img/initrd ]] || fail "vm_start: no image $image"
 		vm_initrd_with_key "$image" > "$dir/initrd"
-		args+=(-kernel "$img/bzImage" -initrd "$dir/initrd" -append "$GUEST_CMDLINE")
+		args+=(-kernel "$img/bzImage" -initrd "$dir/initrd" -append "$GUEST_CMDLINE$append")
 	fi
 
 	# restrict=on: the guest reaches nothing outside qemu; only the forwarded

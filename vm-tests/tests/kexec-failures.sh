@@ -14,6 +14,7 @@
 #   holds its stdout alone, and git knows it; nixos-facter is missing: said;
 # - kexec switched off (kernel.kexec_load_disabled=1): --force-kexec is
 #   refused before anything is written.
+# Another boots with lockdown=integrity: refused, nothing written.
 # A second one never comes back: qemu is stopped right after kexec/run's
 # marker, and the run fails at --kexec-deadline with the remedy.
 set -euo pipefail
@@ -127,6 +128,22 @@ grep -q "kexec is switched off until the next boot" "$VM_RUN_DIR/disabled.json.l
 vm_ssh machine root 'test ! -e /root/kexec' || fail "the refused kexec left files behind"
 vm_stop machine
 echo "kexec_load_disabled: refused, nothing written"
+
+# A kernel in lockdown (as Secure Boot turns it on) loads no unsigned kernel:
+# refused before anything is written. securityfs is mounted as systemd does.
+vm_start locked --image other --append lockdown=integrity
+vm_wait_ssh locked debian
+vm_ssh locked debian 'sudo mount -t securityfs securityfs /sys/kernel/security &&
+	cat /sys/kernel/security/lockdown' | sed 's/^/  lockdown: /'
+if install_run "$tool" "$VM_RUN_DIR/locked.json" --flake "$flake" \
+	--kexec "$IMAGES_DIR/kexec-installer.tar.gz" -i "$VM_KEY" -p "$(vm_port locked)" debian@127.0.0.1; then
+	fail "kexec went on under lockdown"
+fi
+grep -q "the kernel is locked down (integrity, as with Secure Boot)" "$VM_RUN_DIR/locked.json.log" ||
+	fail "the refusal does not name the lockdown"
+vm_ssh locked debian 'test ! -e ~/kexec' || fail "the refused kexec left files behind"
+vm_stop locked
+echo "lockdown: refused, nothing written"
 
 # The machine never comes back: the run ends at its deadline.
 vm_start lost --image other
