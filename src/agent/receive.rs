@@ -29,34 +29,14 @@ pub(super) fn receive(
     std::thread::scope(|scope| {
         let decoder = scope.spawn(move || -> Result<u64, WireError> {
             let mut wire_bytes = 0u64;
-            let mut left = total;
-            let mut blocks = BlockDecoder::new();
-            while left > 0 {
-                let (kind, payload) = match frame::read_frame(input, PEER)? {
-                    Some(Frame::Block { kind, payload }) => (kind, payload),
-                    Some(Frame::Message(_)) => {
-                        let problem = format!("a message with {left} NAR bytes still to come");
-                        return Err(WireError::Protocol {
-                            peer: PEER,
-                            problem,
-                        });
-                    }
-                    None => return Err(WireError::Closed { peer: PEER }),
-                };
-                wire_bytes += (HEADER_LEN + payload.len()) as u64;
-                let bytes = blocks.decode(kind, payload, PEER)?;
-                if bytes.len() as u64 > left {
-                    let problem = "more NAR bytes than the paths declared".to_owned();
-                    return Err(WireError::Protocol {
-                        peer: PEER,
-                        problem,
-                    });
-                }
-                left -= bytes.len() as u64;
-                if nar_in.send_chunk(bytes).is_err() {
-                    break; // the unpacker stopped; its error is reported
-                }
-            }
+            // `false`: the unpacker stopped reading; its error is reported.
+            decode(
+                input,
+                &mut BlockDecoder::new(),
+                total,
+                &mut nar_in,
+                &mut wire_bytes,
+            )?;
             Ok(wire_bytes)
         });
 
@@ -88,4 +68,43 @@ pub(super) fn receive(
             substituted: None,
         })
     })
+}
+
+/// Reads block frames until `total` NAR bytes have passed into `nar_in`. `false`: the unpacker
+/// stopped reading (its error is reported).
+pub(super) fn decode(
+    input: &mut impl Read,
+    blocks: &mut BlockDecoder,
+    total: u64,
+    nar_in: &mut crate::pipe::PipeWriter,
+    wire_bytes: &mut u64,
+) -> Result<bool, WireError> {
+    let mut left = total;
+    while left > 0 {
+        let (kind, payload) = match frame::read_frame(input, PEER)? {
+            Some(Frame::Block { kind, payload }) => (kind, payload),
+            Some(Frame::Message(_)) => {
+                let problem = format!("a message with {left} NAR bytes still to come");
+                return Err(WireError::Protocol {
+                    peer: PEER,
+                    problem,
+                });
+            }
+            None => return Err(WireError::Closed { peer: PEER }),
+        };
+        *wire_bytes += (HEADER_LEN + payload.len()) as u64;
+        let bytes = blocks.decode(kind, payload, PEER)?;
+        if bytes.len() as u64 > left {
+            let problem = "more NAR bytes than the paths declared".to_owned();
+            return Err(WireError::Protocol {
+                peer: PEER,
+                problem,
+            });
+        }
+        left -= bytes.len() as u64;
+        if nar_in.send_chunk(bytes).is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }

@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::time::Duration;
 
+use super::receive::decode;
 use super::{AgentError, PEER};
 use crate::pipe::pipe;
-use crate::proto::{BlockDecoder, Frame, HEADER_LEN, Reply, WireError, frame};
+use crate::proto::{BlockDecoder, Reply, WireError, frame};
 use crate::store::{PathInfo, StoreError, StorePath, StoreRoot, Unpacked, Unpacker};
 use crate::substitute::{
     Destination, FetchOptions, FetchReport, HttpOptions, NixConf, Overrides, PlanOverview,
@@ -313,45 +314,6 @@ pub(super) fn receive(
         let _ = store.flush();
     }
     (Some(store), reply)
-}
-
-/// Reads block frames until `total` NAR bytes have passed into `nar_in`. `false`: the unpacker
-/// stopped reading (its error is reported).
-fn decode(
-    input: &mut impl Read,
-    blocks: &mut BlockDecoder,
-    total: u64,
-    nar_in: &mut crate::pipe::PipeWriter,
-    wire_bytes: &mut u64,
-) -> Result<bool, WireError> {
-    let mut left = total;
-    while left > 0 {
-        let (kind, payload) = match frame::read_frame(input, PEER)? {
-            Some(Frame::Block { kind, payload }) => (kind, payload),
-            Some(Frame::Message(_)) => {
-                let problem = format!("a message with {left} NAR bytes still to come");
-                return Err(WireError::Protocol {
-                    peer: PEER,
-                    problem,
-                });
-            }
-            None => return Err(WireError::Closed { peer: PEER }),
-        };
-        *wire_bytes += (HEADER_LEN + payload.len()) as u64;
-        let bytes = blocks.decode(kind, payload, PEER)?;
-        if bytes.len() as u64 > left {
-            let problem = "more NAR bytes than the paths declared".to_owned();
-            return Err(WireError::Protocol {
-                peer: PEER,
-                problem,
-            });
-        }
-        left -= bytes.len() as u64;
-        if nar_in.send_chunk(bytes).is_err() {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// The operator's paths: first `paths`, then the failed substitutes `more` names.
