@@ -9,6 +9,7 @@ pub mod inputs;
 pub mod install;
 pub mod kexec;
 pub mod phases;
+pub mod record;
 pub mod remote_build;
 pub mod wait;
 
